@@ -1,0 +1,42 @@
+"""`python -m speechllm_redundancy …`: one entry point; each concept module registers its own commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from speechllm_redundancy.errors import UserError
+
+# module -> it exposes `register(subparsers)` adding its sub-commands
+COMMAND_MODULES = (
+    "speechllm_redundancy.zoo",
+    "speechllm_redundancy.data.cli",
+    "speechllm_redundancy.slam_cli",
+    "speechllm_redundancy.angles",
+    "speechllm_redundancy.pruning",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m speechllm_redundancy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # not written yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
