@@ -1,5 +1,8 @@
 # Two commands for users: `make book` and `make test`. Everything else is a step they are made of.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip here warns about local index folders that do not hold a package: noise, not a problem
+QUIET_PIP := 2>&1 | grep -v 'is ignored: it is neither a file nor a directory'; exit $${PIPESTATUS[0]}
 PROFILE ?= default
 PY := .venv/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -34,9 +37,8 @@ $(STAMPS)/system: Makefile
 venv: .venv/.stamp
 .venv/.stamp: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q -r requirements.lock $(QUIET_PIP)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . $(QUIET_PIP)
 	@touch $@
 
 models: setup

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "speechllm_redundancy.slam_cli",
     "speechllm_redundancy.angles",
     "speechllm_redundancy.pruning",
+    "speechllm_redundancy.book",
 )
 
 

@@ -1,0 +1,167 @@
+"""Scores as the paper reports them: WER (Whisper English normaliser + jiwer), BLEU/chrF (sacrebleu),
+the relative change Δ = (s − s0)/s0, and the removable fraction of decoder layers at a Δ threshold.
+
+All scores are corpus-level and on the 0–100 scale the paper's tables use (WER 3.56 means 3.56 %).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from speechllm_redundancy.errors import UserError
+
+# The paper's acceptance thresholds (section 4): ASR Δ_WER ≤ +25 %, AST Δ_BLEU ≥ −10 %, on every set at once.
+ASR_THRESHOLD = 0.25
+AST_THRESHOLD = -0.10
+
+_NORMALIZER = None
+
+
+def normalize_english(text: str) -> str:
+    """Whisper's English normaliser (case, punctuation, numbers, spelling variants) — as in the paper."""
+    global _NORMALIZER
+    if _NORMALIZER is None:
+        from whisper_normalizer.english import EnglishTextNormalizer
+
+        _NORMALIZER = EnglishTextNormalizer()
+    return " ".join(_NORMALIZER(text).split())
+
+
+def _check_pairs(refs: Sequence[str], hyps: Sequence[str]) -> None:
+    if len(refs) != len(hyps):
+        raise UserError(f"{len(refs)} references but {len(hyps)} hypotheses: pass one hypothesis per reference.")
+    if not refs:
+        raise UserError("no references to score: pass at least one (reference, hypothesis) pair.")
+
+
+def word_errors(refs: Sequence[str], hyps: Sequence[str], normalize: bool = True) -> dict:
+    """Corpus-level edit counts after normalisation; a reference that normalises to nothing counts every
+    hypothesis word as an insertion (jiwer itself refuses empty references)."""
+    _check_pairs(refs, hyps)
+    if normalize:
+        refs = [normalize_english(r) for r in refs]
+        hyps = [normalize_english(h) for h in hyps]
+    import jiwer
+
+    kept = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+    extra_ins = sum(len(h.split()) for r, h in zip(refs, hyps) if not r.strip())
+    counts = dict(substitutions=0, deletions=0, insertions=extra_ins, hits=0)
+    if kept:
+        out = jiwer.process_words([r for r, _ in kept], [h if h.strip() else "" for _, h in kept])
+        counts["substitutions"] += out.substitutions
+        counts["deletions"] += out.deletions
+        counts["insertions"] += out.insertions
+        counts["hits"] += out.hits
+    counts["ref_words"] = counts["substitutions"] + counts["deletions"] + counts["hits"]
+    return counts
+
+
+def wer(refs: Sequence[str], hyps: Sequence[str], normalize: bool = True) -> float:
+    """Corpus WER in percent: (S + D + I) / N over all utterances, after the Whisper English normaliser."""
+    c = word_errors(refs, hyps, normalize)
+    errors = c["substitutions"] + c["deletions"] + c["insertions"]
+    if c["ref_words"] == 0:
+        return 0.0 if errors == 0 else math.inf
+    return 100.0 * errors / c["ref_words"]
+
+
+def bleu(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenisation, case-sensitive), 0–100."""
+    _check_pairs(refs, hyps)
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
+
+
+def chrf(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus chrF (sacrebleu defaults), 0–100; steadier than BLEU on small test sets."""
+    _check_pairs(refs, hyps)
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(list(hyps), [list(refs)]).score)
+
+
+def relative_change(s: float, s0: float) -> float:
+    """Δ = (s − s0) / s0. With s0 = 0: 0 if s is also 0, else ±inf (any change from a perfect score)."""
+    if s0 == 0:
+        return 0.0 if s == 0 else math.copysign(math.inf, s)
+    return (s - s0) / s0
+
+
+def acceptable(delta: float, threshold: float, higher_is_better: bool) -> bool:
+    """ASR (lower is better): Δ ≤ threshold (e.g. +0.25). AST (higher is better): Δ ≥ threshold (e.g. −0.10)."""
+    if math.isnan(delta):
+        return False
+    return delta >= threshold if higher_is_better else delta <= threshold
+
+
+def removable_layers(
+    points: Mapping[int, Mapping[str, float]],
+    threshold: float = ASR_THRESHOLD,
+    higher_is_better: bool = False,
+) -> int:
+    """Largest number of removed layers n whose score is acceptable on every evaluation set at once.
+
+    ``points[n][set_name]`` is the score with n layers removed; ``points[0]`` is the unpruned baseline s0.
+    Returns 0 when no pruned level is acceptable.
+    """
+    if 0 not in points:
+        raise UserError("removable_layers needs the unpruned baseline as points[0] (n = 0 removed layers).")
+    base = points[0]
+    best = 0
+    for n, scores in points.items():
+        if n == 0:
+            continue
+        missing = set(base) - set(scores)
+        if missing:
+            raise UserError(f"pruning level n={n} lacks scores for {sorted(missing)}: score every set at every level.")
+        if all(acceptable(relative_change(scores[k], base[k]), threshold, higher_is_better) for k in base):
+            best = max(best, int(n))
+    return best
+
+
+def removable_fraction(
+    points: Mapping[int, Mapping[str, float]],
+    num_layers: int,
+    threshold: float = ASR_THRESHOLD,
+    higher_is_better: bool = False,
+) -> float:
+    """The paper's Table 1 number: largest n / L acceptable on every set (e.g. 8/28 = 0.286)."""
+    if num_layers <= 0:
+        raise UserError(f"num_layers must be positive, got {num_layers}.")
+    return removable_layers(points, threshold, higher_is_better) / num_layers
+
+
+def score(task: str, refs: Sequence[str], hyps: Sequence[str]) -> tuple[str, float]:
+    """The paper's metric for a task: ("wer", WER %) for ``asr``, ("bleu", BLEU) for ``ast-*``."""
+    return ("wer", wer(refs, hyps)) if task == "asr" else ("bleu", bleu(refs, hyps))
+
+
+def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = None, batch_size: int = 16,
+                  max_new_tokens: int = 200, progress: bool = False) -> dict:
+    """Greedy-decode a manifest with a SlamModel (features from the shared cache) and score it.
+
+    Returns dict(metric, score, chrf (AST only), ids, refs, hyps, seconds, utterances); ``limit`` keeps
+    the first N utterances (the manifest's order), e.g. 200 for a quick check.
+    """
+    import time
+
+    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.features import cached_features
+
+    utts = read_manifest(manifest_path)[: limit or None]
+    store = cached_features(model.config.encoder, manifest_path, whisper_window=model.config.whisper_window,
+                            progress=progress)
+    refs = [u.text if task == "asr" else u.translation for u in utts]
+    if any(r is None for r in refs):
+        raise UserError(f"{manifest_path} has no translations: evaluate task {task!r} on a translation manifest.")
+    start = time.perf_counter()
+    hyps = model.generate([store[u.id] for u in utts], task, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, progress=progress)
+    metric, value = score(task, refs, hyps)
+    out = {"metric": metric, "score": value, "ids": [u.id for u in utts], "refs": refs, "hyps": hyps,
+           "seconds": time.perf_counter() - start, "utterances": len(utts)}
+    if task != "asr":
+        out["chrf"] = chrf(refs, hyps)
+    return out

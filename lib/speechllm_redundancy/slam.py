@@ -1,0 +1,437 @@
+"""The SLAM SpeechLLM: frozen-encoder frames → k-frame concatenation → projector → any HF causal LM.
+
+Input layout of one example (``|`` separates pieces; only the target and its stop token carry loss)::
+
+    chat template:  <prefix: system + user-turn opening> | SPEECH | "\\n" + prompt + <user-turn end,
+                    assistant opening> | target tokens | <turn-end token, e.g. <|im_end|>>
+    no template:    <bos?> | SPEECH | "\\n" + prompt + "\\n" | target tokens | <eos>
+
+The speech sits inside the user turn, before the instruction, as in SLAM-ASR. Training rows are padded
+on the right and generation rows on the left, with explicit position ids, so neither the loss of an
+utterance nor its decoded text depends on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.layers import decoder_stack
+
+FORMAT_VERSION = 1
+SPEECH_PLACEHOLDER = "<<SPEECH>>"
+
+# Instructions per task; a prompt not named here is used verbatim.
+PROMPTS = {
+    "asr": "Transcribe the speech.",
+    "ast-en-de": "Translate the English speech into German.",
+    "ast-fr-en": "Translate the French speech into English.",
+}
+
+LORA_QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class SlamConfig:
+    """Everything that defines a SLAM model's shape (its trained weights live beside it in ``save``)."""
+
+    encoder: str = "whisper-base"  # zoo name / local dir / hub id of the frozen speech encoder
+    llm: str = "smollm2-135m"  # zoo name / local dir (e.g. a pruned model) / hub id of the decoder
+    encoder_dim: int = 512
+    k: int = 5  # frames concatenated per projector input (50 Hz → 10 Hz)
+    projector_hidden: int = 2048
+    projector_dropout: float = 0.0
+    lora: dict | None = None  # e.g. {"r": 8, "alpha": 16, "dropout": 0.05} → LoRA on q, k, v, o (peft)
+    chat_template: bool = True  # use the tokenizer's chat template when it has one
+    system_prompt: str | None = ""  # system turn ("" = empty turn; None = the template's default, often long)
+    ctc_compress: bool = False  # keep only the speech frames the CTC head labels non-blank (needs a CTC warm start)
+    max_target_tokens: int = 256
+    dtype: str = "float32"  # the LLM's weights; the projector always trains in float32
+    whisper_window: str = "trim"  # how the encoder features were computed (recorded for reproducibility)
+
+
+class Projector(nn.Module):
+    """k-frame concatenation then Linear(k·D → hidden) → GELU → Linear(hidden → LLM width)."""
+
+    def __init__(self, in_dim: int, out_dim: int, k: int = 5, hidden: int = 2048, dropout: float = 0.0):
+        super().__init__()
+        self.k = k
+        self.net = nn.Sequential(
+            nn.Linear(k * in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+        )
+
+    def stack(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, D) → (⌈T/k⌉, k·D); the tail is padded with zero frames."""
+        t, d = frames.shape
+        n = max(1, math.ceil(t / self.k))
+        if n * self.k != t:
+            frames = torch.cat([frames, frames.new_zeros(n * self.k - t, d)])
+        return frames.reshape(n, self.k * d)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Project each utterance's frames; one matmul for the whole batch (rows are independent)."""
+        weight = self.net[0].weight
+        stacked = [self.stack(f.to(weight.device, torch.float32)) for f in features]
+        out = self.net(torch.cat(stacked))
+        return list(out.split([s.shape[0] for s in stacked]))
+
+
+class CtcHead(nn.Module):
+    """Scores projected frames against the LLM's frozen token embeddings (a subset ``vocab``) plus a learned
+    blank: logit_v = scale · ⟨frame, E_v⟩. Trained by the CTC warm start; with ``ctc_compress`` it also
+    shortens the speech: frames labelled blank are dropped and runs of one label averaged (CTC compression,
+    Gaido et al. 2021), so the LLM reads ~one vector per spoken token instead of 10 per second."""
+
+    def __init__(self, width: int, vocab: Sequence[int]):
+        super().__init__()
+        self.register_buffer("vocab", torch.tensor(sorted(set(int(v) for v in vocab)), dtype=torch.long))
+        self.blank = nn.Parameter(torch.zeros(width))
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    @property
+    def blank_id(self) -> int:
+        return len(self.vocab)
+
+    def logits(self, frames: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([embedding[self.vocab].detach().to(frames.dtype), self.blank[None].to(frames.dtype)], 0)
+        return self.scale * frames @ table.T
+
+    @torch.no_grad()
+    def labels(self, frames: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return self.logits(frames, embedding).argmax(-1)
+
+    def compress(self, speech: list[torch.Tensor], embedding: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for frames in speech:
+            lab = self.labels(frames, embedding)
+            keep = lab != self.blank_id
+            if not keep.any():  # all blank: keep the frame most likely to be a token
+                keep[self.logits(frames, embedding)[:, :-1].max(-1).values.argmax()] = True
+            idx = keep.nonzero()[:, 0]
+            # a new segment starts where the label changes or a dropped frame intervenes
+            new = torch.ones_like(idx, dtype=torch.bool)
+            new[1:] = (lab[idx[1:]] != lab[idx[:-1]]) | (idx[1:] != idx[:-1] + 1)
+            seg = new.cumsum(0) - 1
+            n = int(seg[-1]) + 1
+            sums = frames.new_zeros(n, frames.shape[1]).index_add(0, seg, frames[idx])
+            counts = torch.bincount(seg, minlength=n).to(frames.dtype)[:, None]
+            out.append(sums / counts)
+        return out
+
+
+def load_llm(name: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) through the zoo (packaged names, tiny-*, local dirs, hub ids)."""
+    try:
+        zoo = importlib.import_module("speechllm_redundancy.zoo")
+    except ModuleNotFoundError as err:
+        if err.name != "speechllm_redundancy.zoo":
+            raise
+        zoo = None
+    if not hasattr(zoo, "load_causal_lm"):  # zoo not in this checkout: local dirs and hub ids only
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from speechllm_redundancy.encoders import resolve_model
+
+        path = resolve_model(name)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+    return zoo.load_causal_lm(name, dtype=dtype)
+
+
+class PromptLayout:
+    """Token pieces around the speech for each prompt, and the target's stop token."""
+
+    def __init__(self, tokenizer, use_chat_template: bool = True, system_prompt: str | None = None):
+        self.tok = tokenizer
+        self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+        self.system = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+        self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        self.stop_id = self._find_stop_id()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_id
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _find_stop_id(self) -> int:
+        """The token that ends an assistant turn (e.g. ``<|im_end|>``), else the tokenizer's EOS."""
+        eos = self.tok.eos_token_id
+        if self.chat:
+            probe = "QQQZZZ"
+            text = self.tok.apply_chat_template(
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}], tokenize=False
+            )
+            after = self._ids(text.split(probe, 1)[1])
+            special = set(self.tok.all_special_ids) | set(getattr(self.tok, "added_tokens_decoder", {}) or {})
+            if after and after[0] in special:
+                return after[0]
+        if eos is None:
+            raise UserError("the LLM's tokenizer has no end-of-sequence token: pick an LLM whose tokenizer has one.")
+        return eos
+
+    def pieces(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the speech for ``prompt`` (a task name or literal instruction)."""
+        if prompt not in self._cache:
+            instruction = PROMPTS.get(prompt, prompt)
+            if self.chat:
+                text = self.tok.apply_chat_template(
+                    self.system + [{"role": "user", "content": f"{SPEECH_PLACEHOLDER}\n{instruction}"}],
+                    tokenize=False, add_generation_prompt=True,
+                )
+                if SPEECH_PLACEHOLDER not in text:
+                    raise UserError("the chat template dropped the speech placeholder: set chat_template=False.")
+                before, after = text.split(SPEECH_PLACEHOLDER, 1)
+            else:
+                before, after = (self.tok.bos_token or ""), f"\n{instruction}\n"
+            self._cache[prompt] = (self._ids(before), self._ids(after))
+        return self._cache[prompt]
+
+    def target_ids(self, text: str, max_tokens: int) -> list[int]:
+        return self._ids(text.strip())[: max_tokens - 1] + [self.stop_id]
+
+
+class SlamModel(nn.Module):
+    """Projector + (frozen, optionally LoRA-adapted) causal LM; features come precomputed (see encoders)."""
+
+    def __init__(self, config: SlamConfig, llm: nn.Module | None = None, tokenizer=None):
+        super().__init__()
+        self.config = config
+        if llm is None:
+            llm, tokenizer = load_llm(config.llm, getattr(torch, config.dtype))
+        llm.requires_grad_(False)
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.layout = PromptLayout(tokenizer, config.chat_template, config.system_prompt)
+        width = llm.get_input_embeddings().weight.shape[1]
+        self.projector = Projector(config.encoder_dim, width, config.k, config.projector_hidden,
+                                   config.projector_dropout)
+        self.ctc: CtcHead | None = None  # created by the CTC warm start (training.py) or by load()
+        if config.lora:
+            self.add_lora(config.lora)
+
+    # -- set-up -------------------------------------------------------------------------------------------
+    def add_lora(self, spec: dict, adapter_name: str = "default") -> None:
+        """LoRA on the decoder's attention projections (q, k, v, o by default) through peft."""
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            r=spec.get("r", 8), lora_alpha=spec.get("alpha", 16), lora_dropout=spec.get("dropout", 0.05),
+            target_modules=list(spec.get("target_modules", LORA_QKVO)), bias="none",
+        )
+        self.llm = get_peft_model(self.llm, cfg, adapter_name=adapter_name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.net[0].weight.device
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    # -- batching -----------------------------------------------------------------------------------------
+    def embed_batch(self, features: Sequence[torch.Tensor], prompts: Sequence[str] | str,
+                    targets: Sequence[str] | None = None, padding_side: str = "right") -> dict:
+        """Build the LLM inputs: dict(inputs_embeds (B, L, H), attention_mask (B, L), labels (B, L)).
+
+        ``prompts`` are task names (``asr``, ``ast-en-de``, ``ast-fr-en``) or literal instructions; without
+        ``targets`` each row ends at the assistant opening (the point where generation starts — also the
+        last token the angle measurement reads). Labels are -100 except on target tokens and the stop token.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(features)
+        if len(prompts) != len(features) or (targets is not None and len(targets) != len(features)):
+            raise UserError("features, prompts and targets must have one entry per utterance.")
+        speech = self.projector(features)
+        embed = self.llm.get_input_embeddings()
+        if self.config.ctc_compress:
+            if self.ctc is None:
+                raise UserError("ctc_compress needs a CTC head: train with ctc_warmup_steps > 0 first.")
+            speech = self.ctc.compress(speech, embed.weight)
+        rows = []
+        for i, sp in enumerate(speech):
+            before, after = self.layout.pieces(prompts[i])
+            tgt = self.layout.target_ids(targets[i], self.config.max_target_tokens) if targets is not None else []
+            rows.append((before, sp, after + tgt, len(tgt)))
+        lengths = [len(b) + s.shape[0] + len(a) for b, s, a, _ in rows]
+        total = max(lengths)
+        ids = torch.full((len(rows), total), self.layout.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), total), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), total), dtype=torch.long)
+        speech_at = []
+        for i, (before, sp, after, n_tgt) in enumerate(rows):
+            start = total - lengths[i] if padding_side == "left" else 0
+            seq = before + [self.layout.pad_id] * sp.shape[0] + after
+            ids[i, start : start + lengths[i]] = torch.tensor(seq)
+            mask[i, start : start + lengths[i]] = 1
+            if n_tgt:
+                end = start + lengths[i]
+                labels[i, end - n_tgt : end] = torch.tensor(after[-n_tgt:])
+            speech_at.append(start + len(before))
+        dev = self.device
+        embeds = embed(ids.to(embed.weight.device)).to(dev).clone()
+        for i, sp in enumerate(speech):
+            embeds[i, speech_at[i] : speech_at[i] + sp.shape[0]] = sp.to(embeds.dtype)
+        return {"inputs_embeds": embeds, "attention_mask": mask.to(dev), "labels": labels.to(dev)}
+
+    # -- training loss ------------------------------------------------------------------------------------
+    def forward(self, features, prompts, targets) -> dict:
+        """Teacher-forced NLL on target tokens: dict(loss = token mean, example_loss (B,), example_tokens (B,)).
+
+        The LM head runs only at positions that predict a target token (cheaper than full logits).
+        """
+        batch = self.embed_batch(features, prompts, targets, padding_side="right")
+        hidden = decoder_stack(self.llm)(
+            inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
+        labels = batch["labels"][:, 1:]
+        sel = labels != -100
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][sel]).float()
+        tok_loss = F.cross_entropy(logits, labels[sel], reduction="none")
+        rows = sel.nonzero()[:, 0]
+        n = sel.sum(1)
+        example_loss = torch.zeros(len(features), device=tok_loss.device).index_add(0, rows, tok_loss) / n
+        return {"loss": tok_loss.mean(), "example_loss": example_loss, "example_tokens": n}
+
+    # -- decoding -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, features: Sequence[torch.Tensor], task: str | Sequence[str] = "asr",
+                 max_new_tokens: int = 200, batch_size: int = 16, tokens_per_frame: float = 1.0,
+                 progress: bool = False) -> list[str]:
+        """Greedy transcripts/translations. Each output is capped at ``max_new_tokens`` and at
+        16 + ``tokens_per_frame`` × its number of projected speech frames, so a babbling model stops early.
+        Utterances are batched by length (results do not depend on batching)."""
+        from tqdm.auto import tqdm
+
+        from speechllm_redundancy.decoding import greedy
+
+        prompts = [task] * len(features) if isinstance(task, str) else list(task)
+        order = sorted(range(len(features)), key=lambda i: features[i].shape[0])
+        out: list[str] = [""] * len(features)
+        was_training = self.training
+        self.eval()
+        try:
+            for s in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress):
+                idx = order[s : s + batch_size]
+                feats = [features[i] for i in idx]
+                batch = self.embed_batch(feats, [prompts[i] for i in idx], padding_side="left")
+                caps = [min(max_new_tokens, 16 + int(tokens_per_frame * math.ceil(f.shape[0] / self.config.k)))
+                        for f in feats]
+                seqs = greedy(self.llm, batch["inputs_embeds"], batch["attention_mask"], caps,
+                              stop_ids={self.layout.stop_id, self.tokenizer.eos_token_id}, pad_id=self.layout.pad_id)
+                for i, ids in zip(idx, seqs):
+                    out[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        finally:
+            self.train(was_training)
+        return out
+
+    # -- persistence --------------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write slam.json (config, LLM/encoder names + weight hashes, peft configs), projector.safetensors
+        and, with adapters, adapters.safetensors. Written atomically; an existing directory is replaced only
+        if it is itself a saved SLAM model."""
+        from safetensors.torch import save_file
+
+        from speechllm_redundancy.cache import atomic_path
+
+        directory = Path(directory)
+        if directory.exists() and not (directory / "slam.json").exists() and any(directory.iterdir()):
+            raise UserError(f"{directory} exists and is not a saved SLAM model: choose an empty or new directory.")
+        meta = {
+            "format": FORMAT_VERSION, "config": asdict(self.config),
+            "llm_fingerprint": _safe_fingerprint(self.config.llm),
+            "encoder_fingerprint": _safe_fingerprint(self.config.encoder),
+            "peft": {}, "stop_id": self.layout.stop_id,
+        }
+        adapters = {}
+        peft_configs = getattr(self.llm, "peft_config", None) or {}
+        if peft_configs:
+            from peft import get_peft_model_state_dict
+
+            for name, cfg in peft_configs.items():
+                meta["peft"][name] = json.loads(json.dumps(cfg.to_dict(), default=list))
+                for k, v in get_peft_model_state_dict(self.llm, adapter_name=name).items():
+                    adapters[f"{name}::{k}"] = v.detach().cpu().contiguous()
+        with atomic_path(directory) as tmp:
+            tmp.mkdir()
+            (tmp / "slam.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            proj = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
+            save_file(proj, str(tmp / "projector.safetensors"))
+            if adapters:
+                save_file(adapters, str(tmp / "adapters.safetensors"))
+            if self.ctc is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.ctc.state_dict().items()},
+                          str(tmp / "ctc.safetensors"))
+        return directory
+
+    def load_weights(self, directory: str | os.PathLike) -> None:
+        """Load a saved projector and adapter weights into this model (its adapters must already exist)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / "slam.json").read_text())
+        self.projector.load_state_dict(load_file(str(directory / "projector.safetensors")))
+        if (directory / "ctc.safetensors").exists():
+            state = load_file(str(directory / "ctc.safetensors"))
+            self.ctc = CtcHead(state["blank"].shape[0], state["vocab"].tolist()).to(self.device)
+            self.ctc.load_state_dict(state)
+            self.ctc.requires_grad_(False)
+        if not meta["peft"]:
+            return
+        states = load_file(str(directory / "adapters.safetensors"))
+        for name in meta["peft"]:
+            if name not in (getattr(self.llm, "peft_config", None) or {}):
+                raise UserError(f"{directory} has LoRA adapter {name!r} that this model lacks: use SlamModel.load.")
+            sub = {k.split("::", 1)[1]: v.to(self.device) for k, v in states.items() if k.startswith(name + "::")}
+            res = set_peft_model_state_dict(self.llm, sub, adapter_name=name)
+            if getattr(res, "unexpected_keys", None):
+                raise UserError(f"{directory}: adapter {name!r} does not fit this LLM ({res.unexpected_keys[:3]}).")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, llm: nn.Module | None = None, tokenizer=None,
+             device: str | None = None) -> "SlamModel":
+        """Rebuild a saved model: the LLM by name/path (a pruned model's directory works), then the
+        projector and any LoRA adapters. Warns when the LLM's weights differ from those it was trained on."""
+        from peft import get_peft_config, get_peft_model
+
+        directory = Path(directory)
+        meta_path = directory / "slam.json"
+        if not meta_path.exists():
+            raise UserError(f"{directory} has no slam.json: pass a directory written by SlamModel.save / slam train.")
+        meta = json.loads(meta_path.read_text())
+        config = SlamConfig(**{**meta["config"], "lora": None})
+        model = cls(config, llm, tokenizer)
+        model.config.lora = meta["config"].get("lora")
+        if llm is None and _safe_fingerprint(config.llm) != meta["llm_fingerprint"]:
+            warnings.warn(f"the LLM {config.llm!r} differs from the one this SLAM model was trained with "
+                          "(weights hash changed): results may differ.", stacklevel=2)
+        for i, (name, cfg_dict) in enumerate(meta["peft"].items()):
+            cfg = get_peft_config(cfg_dict)
+            cfg.inference_mode = False
+            if i == 0:
+                model.llm = get_peft_model(model.llm, cfg, adapter_name=name)
+            else:
+                model.llm.add_adapter(name, cfg)
+        model.load_weights(directory)
+        if device:
+            model.to(device)
+        return model
+
+
+def _safe_fingerprint(name: str) -> str | None:
+    """Weights hash of a model by name, or None when it cannot be resolved here (recorded, not required)."""
+    from speechllm_redundancy.encoders import resolve_model
+    from speechllm_redundancy.features import fingerprint
+
+    try:
+        return fingerprint(resolve_model(name))
+    except UserError:
+        return None

@@ -1,0 +1,466 @@
+"""One training loop for every SLAM variant: projector only, projector + LoRA, and post-pruning healing.
+
+What trains is whatever ``requires_grad`` on the model (the caller freezes/unfreezes); the loop does
+AdamW, gradient clipping, linear warmup then linear warmdown to zero, optional bf16 autocast, gradient
+accumulation, a checkpoint every N steps and exact resume after an interruption, through accelerate (so
+``accelerate launch`` spreads the same loop over GPUs).
+
+Exact resume: the examples of step s and every random draw in it (SpecAugment masks, dropout) are
+derived from (seed, phase, s) alone, so a run stopped after k steps and resumed from its checkpoint
+ends with the same parameters as one that never stopped.
+
+Optional CTC warm start (``ctc_warmup_steps``): before the SLAM loss, the projector is trained with CTC
+against the LLM's frozen token-embedding matrix (logit of token v at a frame = scale · ⟨proj(frame), E_v⟩,
+plus a learned blank). That teaches the projector to place speech near the embeddings of the spoken
+tokens — cheap (no LLM forward) and it makes projector-only training converge on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechllm_redundancy.cache import atomic_path, atomic_write_json, key_of
+from speechllm_redundancy.errors import UserError
+
+# fields that change how a run is logged or paced, not what it computes
+_NOT_IN_KEY = ("checkpoint_every", "log_every")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimiser steps with the SLAM (next-token) loss
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    mixed_precision: str = "auto"  # "auto" (bf16 where it is faster: GPUs with bf16), "no", "bf16"
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    bucket: int = 16  # batches drawn from groups of bucket×batch_size examples sorted by length (0 = off)
+    # SpecAugment-style masking of the encoder frames (training only)
+    time_masks: int = 0
+    time_mask_width: int = 10
+    feature_masks: int = 0
+    feature_mask_width: int = 32
+    # CTC warm start of the projector against the frozen token embeddings
+    ctc_warmup_steps: int = 0
+    ctc_lr: float = 2e-3
+    ctc_batch_size: int = 16
+    max_minutes: float | None = None  # stop (and save) once this much training time has passed
+
+    def key(self) -> str:
+        return key_of({k: v for k, v in asdict(self).items() if k not in _NOT_IN_KEY})
+
+
+@dataclass
+class Example:
+    """One training/evaluation item: encoder frames, the task prompt and the target text."""
+
+    id: str
+    features: torch.Tensor
+    prompt: str
+    target: str
+
+
+@dataclass
+class TrainData:
+    examples: list[Example]
+    fingerprint: str  # identifies the data for the result cache (features key + targets)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    history: list[dict] = field(default_factory=list)  # {phase, step, loss, lr, minutes, [eval…]}
+    minutes: float = 0.0
+    steps: dict = field(default_factory=dict)  # phase → steps done
+
+
+def make_data(store, utterances, task: str = "asr") -> TrainData:
+    """Pair cached features with their targets: the transcript for ``asr``, the translation for ``ast-*``."""
+    examples = []
+    for u in utterances:
+        target = u.text if task == "asr" else u.translation
+        if target is None:
+            raise UserError(f"utterance {u.id} has no {'translation' if task != 'asr' else 'text'} for task {task!r}: "
+                            "use a manifest built for this task.")
+        examples.append(Example(u.id, store[u.id], task, target))
+    fp = key_of(getattr(store, "directory", None) and str(store.directory), task, [(e.id, e.target) for e in examples])
+    return TrainData(examples, fp)
+
+
+# -- pieces ---------------------------------------------------------------------------------------------
+def resolve_mixed_precision(choice: str, device: torch.device | str) -> str:
+    """"auto": bf16 on CUDA GPUs that support it; on CPUs "no" — measured slower without native bf16
+    matmul (this project's 2-core AVX2 machine: see benchmarks/slam_training.py)."""
+    if choice not in ("auto", "no", "bf16"):
+        raise UserError(f"mixed_precision={choice!r}: use auto, no or bf16.")
+    if choice != "auto":
+        return choice
+    if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def spec_augment(frames: torch.Tensor, gen: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    """Zero ``time_masks`` random spans of ≤ time_mask_width frames and ``feature_masks`` spans of channels."""
+    x = frames.float().clone()
+    t, d = x.shape
+    for _ in range(cfg.time_masks):
+        w = int(torch.randint(0, cfg.time_mask_width + 1, (1,), generator=gen))
+        s = int(torch.randint(0, max(1, t - w + 1), (1,), generator=gen))
+        x[s : s + w] = 0
+    for _ in range(cfg.feature_masks):
+        w = int(torch.randint(0, cfg.feature_mask_width + 1, (1,), generator=gen))
+        s = int(torch.randint(0, max(1, d - w + 1), (1,), generator=gen))
+        x[:, s : s + w] = 0
+    return x
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup to the peak, then linear warmdown to zero at ``total``."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+class BatchPlan:
+    """Which examples form micro-batch j: per-epoch permutations seeded by (seed, phase, epoch); with
+    ``bucket`` the permutation is cut into groups sorted by length so batches need little padding."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, phase: int, bucket: int):
+        self.lengths, self.b, self.seed, self.phase, self.bucket = np.asarray(lengths), batch_size, seed, phase, bucket
+        self._epochs: dict[int, list[list[int]]] = {}
+
+    def _epoch(self, e: int) -> list[list[int]]:
+        if e not in self._epochs:
+            rng = np.random.default_rng([self.seed, self.phase, e])
+            perm = rng.permutation(len(self.lengths))
+            group = self.b * self.bucket if self.bucket else len(perm)
+            batches = []
+            for g in range(0, len(perm), group):
+                chunk = perm[g : g + group]
+                if self.bucket:
+                    chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                batches += [chunk[i : i + self.b].tolist() for i in range(0, len(chunk), self.b)]
+            if self.bucket:
+                batches = [batches[i] for i in rng.permutation(len(batches))]
+            self._epochs = {e: batches}  # keep one epoch in memory
+        return self._epochs[e]
+
+    def batch(self, j: int) -> list[int]:
+        per_epoch = math.ceil(len(self.lengths) / self.b)
+        return self._epoch(j // per_epoch)[j % per_epoch]
+
+
+class CtcWarmup(nn.Module):
+    """The CTC loss of the projector through the model's CTC head (``slam.CtcHead``)."""
+
+    def __init__(self, slam):
+        super().__init__()
+        self.slam = slam
+        self.remap = {int(t): i for i, t in enumerate(slam.ctc.vocab.tolist())}
+
+    def forward(self, features, targets: Sequence[list[int]]) -> dict:
+        proj = self.slam.projector(features)
+        x = nn.utils.rnn.pad_sequence(proj, batch_first=True)
+        logits = self.slam.ctc.logits(x, self.slam.llm.get_input_embeddings().weight)
+        logp = F.log_softmax(logits.float(), -1).transpose(0, 1)
+        tgt = [torch.tensor([self.remap[t] for t in ids], dtype=torch.long) for ids in targets]
+        loss = F.ctc_loss(logp, torch.cat(tgt).to(x.device), torch.tensor([p.shape[0] for p in proj]),
+                          torch.tensor([len(t) for t in tgt]), blank=self.slam.ctc.blank_id,
+                          reduction="mean", zero_infinity=True)
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def transcribe(self, features) -> list[str]:
+        """Greedy CTC transcripts (collapse repeats, drop blanks): how far the warm start alone gets."""
+        ctc, emb = self.slam.ctc, self.slam.llm.get_input_embeddings().weight
+        out = []
+        for p in self.slam.projector(features):
+            best = ctc.labels(p, emb).tolist()
+            ids = [int(ctc.vocab[b]) for i, b in enumerate(best) if b != ctc.blank_id and (i == 0 or b != best[i - 1])]
+            out.append(self.slam.tokenizer.decode(ids).strip())
+        return out
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
+          evaluate: Callable[[object], dict] | None = None, eval_every: int = 0, progress: bool = True,
+          stop_after: int | None = None, evaluate_ctc: Callable[[CtcWarmup], dict] | None = None) -> TrainResult:
+    """Train ``model`` (a SlamModel) on ``data``; checkpoints and the final model go to ``out_dir``.
+
+    A finished ``out_dir`` (result.json present) is a cache hit: its weights are loaded into ``model``.
+    An unfinished one with a checkpoint resumes. ``evaluate(model) -> dict`` runs every ``eval_every``
+    steps and at the end; its time is not counted as training time. ``stop_after`` (testing) stops the
+    process after that many steps in total, as an interruption would.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    run_key = key_of(cfg.key(), data.fingerprint)
+    result_path = out_dir / "result.json"
+    if result_path.exists():
+        saved = json.loads(result_path.read_text())
+        if saved.get("run_key") != run_key:
+            raise UserError(f"{out_dir} holds a finished run with other settings or data: choose another output "
+                            "directory (or delete that one to retrain).")
+        load_trainable(model, out_dir / "final")
+        return TrainResult(out_dir, saved["history"], saved["minutes"], saved["steps"])
+    if len(data) == 0:
+        raise UserError("no training examples: check the manifest and the task.")
+
+    device_cpu = not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=device_cpu, mixed_precision=resolve_mixed_precision(
+        cfg.mixed_precision, "cpu" if device_cpu else "cuda"))
+    model.to(accelerator.device)
+    ckpt_dir = out_dir / "checkpoint"
+    state = _load_checkpoint(ckpt_dir, run_key) if ckpt_dir.exists() else None
+    history: list[dict] = state["history"] if state else []
+    elapsed = state["elapsed"] if state else 0.0
+    steps_done: dict = dict(state["steps"]) if state else {}
+    examples = data.examples
+    lengths = [e.features.shape[0] for e in examples]
+    phases = [("ctc", cfg.ctc_warmup_steps), ("slam", cfg.steps)]
+    total_done = sum(steps_done.values())
+    out_of_time = False
+
+    for p, (phase, n_steps) in enumerate(phases):
+        if n_steps <= 0 or out_of_time:
+            continue
+        done = steps_done.get(phase, 0)
+        if done >= n_steps:
+            if state and state["phase"] == phase:
+                _restore_params(model, state)
+            continue
+        resuming = bool(state and state["phase"] == phase)
+        if resuming:
+            _restore_params(model, state)
+        if phase == "ctc":
+            targets_ids = [model.layout._ids(e.target.strip()) for e in examples]
+            feasible = sum(len(t) <= math.ceil(n / model.projector.k) for t, n in zip(targets_ids, lengths))
+            if feasible < len(examples) / 2:
+                raise UserError(f"CTC warm start: only {feasible}/{len(examples)} utterances have at least as many "
+                                "projected frames as target tokens; lower k or drop ctc_warmup_steps.")
+            if model.ctc is None:
+                from speechllm_redundancy.slam import CtcHead
+
+                width = model.llm.get_input_embeddings().weight.shape[1]
+                model.ctc = CtcHead(width, [t for ids in targets_ids for t in ids]).to(accelerator.device)
+            model.ctc.requires_grad_(True)
+            module = CtcWarmup(model)
+            params = [q for q in model.projector.parameters()] + list(model.ctc.parameters())
+            lr, batch_size = cfg.ctc_lr, cfg.ctc_batch_size
+        else:
+            if model.ctc is not None:
+                model.ctc.requires_grad_(False)  # the head is fixed once the warm start is over
+            module = model
+            params = [q for q in model.parameters() if q.requires_grad]
+            lr, batch_size = cfg.lr, cfg.batch_size
+        if not params:
+            raise UserError("nothing to train: every parameter is frozen (unfreeze the projector or add LoRA).")
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(cfg.warmup_steps, n_steps), n_steps))
+        if resuming:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        wrapped, optimizer = accelerator.prepare(module, optimizer)
+        plan = BatchPlan(lengths, batch_size, cfg.seed, p, cfg.bucket)
+        bar = tqdm(total=n_steps, initial=done, desc=f"train {phase}", disable=not progress)
+        model.train()
+        while done < n_steps:
+            t0 = time.perf_counter()
+            torch.manual_seed(_step_seed(cfg.seed, p, done))
+            gen = torch.Generator().manual_seed(_step_seed(cfg.seed, p, done) + 1)
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                idx = plan.batch(done * cfg.grad_accum + micro)
+                idx = idx[accelerator.process_index :: accelerator.num_processes] or idx[:1]
+                feats = [spec_augment(examples[i].features, gen, cfg) if (cfg.time_masks or cfg.feature_masks)
+                         else examples[i].features.float() for i in idx]
+                ctx = accelerator.no_sync(wrapped) if micro < cfg.grad_accum - 1 else _null()
+                with ctx, accelerator.autocast():
+                    if phase == "ctc":
+                        out = wrapped(feats, [targets_ids[i] for i in idx])
+                    else:
+                        out = wrapped(feats, [examples[i].prompt for i in idx], [examples[i].target for i in idx])
+                    loss = out["loss"] / cfg.grad_accum
+                accelerator.backward(loss)
+                loss_sum += float(loss.detach())
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done += 1
+            total_done += 1
+            elapsed += time.perf_counter() - t0
+            steps_done[phase] = done
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}")
+            if done % cfg.log_every == 0 or done == n_steps:
+                history.append({"phase": phase, "step": done, "loss": loss_sum,
+                                "lr": scheduler.get_last_lr()[0], "minutes": elapsed / 60})
+            out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            finishing = done == n_steps or out_of_time
+            if evaluate and phase == "slam" and ((eval_every and done % eval_every == 0) or finishing):
+                model.eval()
+                history.append({"phase": phase, "step": done, "minutes": elapsed / 60, **evaluate(model)})
+                model.train()
+            if done % cfg.checkpoint_every == 0 or finishing:
+                _save_checkpoint(accelerator, ckpt_dir, run_key, phase, model, optimizer, scheduler,
+                                 history, elapsed, steps_done)
+            if stop_after is not None and total_done >= stop_after:
+                bar.close()
+                raise TrainingInterrupted(f"stopped after {total_done} steps (stop_after)")
+            if out_of_time:
+                break
+        bar.close()
+        if phase == "ctc" and evaluate_ctc and done == n_steps:
+            model.eval()
+            history.append({"phase": phase, "step": done, "minutes": elapsed / 60, **evaluate_ctc(module)})
+            model.train()
+
+    model.eval()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save(out_dir / "final") if hasattr(model, "save") else None
+        atomic_write_json(result_path, {"run_key": run_key, "history": history, "minutes": elapsed / 60,
+                                        "steps": steps_done, "config": asdict(cfg)})
+    accelerator.wait_for_everyone()
+    return TrainResult(out_dir, history, elapsed / 60, steps_done)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by ``stop_after`` (tests of resume)."""
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _step_seed(seed: int, phase: int, step: int) -> int:
+    return (seed * 1_000_003 + phase * 10_007 + step) % (2**31 - 1)
+
+
+def _model_state(model) -> dict[str, torch.Tensor]:
+    """What training changes: trainable parameters plus the projector and CTC head (trainable or not)."""
+    trainable = {n for n, q in model.named_parameters() if q.requires_grad}
+    return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()
+            if n in trainable or n.startswith(("projector.", "ctc."))}
+
+
+def _restore_params(model, state: dict) -> None:
+    params = state["params"]
+    if "ctc.vocab" in params and getattr(model, "ctc", None) is None:
+        from speechllm_redundancy.slam import CtcHead
+
+        model.ctc = CtcHead(params["ctc.blank"].shape[0], params["ctc.vocab"].tolist()).to(model.device)
+    missing = set(params) - set(model.state_dict())
+    if missing:
+        raise UserError(f"checkpoint does not fit this model ({sorted(missing)[:3]}): use a new output directory.")
+    model.load_state_dict(params, strict=False)
+
+
+def _save_checkpoint(accelerator, ckpt_dir, run_key, phase, model, optimizer, scheduler, history,
+                     elapsed, steps_done) -> None:
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    state = {
+        "run_key": run_key, "phase": phase, "params": _model_state(model),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "history": history, "elapsed": elapsed, "steps": steps_done,
+    }
+    with atomic_path(ckpt_dir) as tmp:
+        tmp.mkdir()
+        torch.save(state, tmp / "state.pt")
+
+
+def _load_checkpoint(ckpt_dir: Path, run_key: str) -> dict:
+    state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=False)
+    if state["run_key"] != run_key:
+        raise UserError(f"{ckpt_dir} is a checkpoint of a run with other settings or data: choose another output "
+                        "directory (or delete it to start over).")
+    return state
+
+
+def load_trainable(model, final_dir: str | os.PathLike) -> None:
+    """Copy a saved model's projector and adapters into ``model`` (same architecture)."""
+    model.load_weights(final_dir)
+
+
+# -- the cached recipe -----------------------------------------------------------------------------------
+def slam_run_dir(slam_config, cfg: TrainConfig, data: TrainData) -> Path:
+    """Where the trained result of (model config, training config, data) lives in the shared cache."""
+    from speechllm_redundancy.paths import artifacts_dir
+
+    return artifacts_dir() / "slam" / key_of(asdict(slam_config), cfg.key(), data.fingerprint)
+
+
+def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.PathLike, task: str = "asr",
+               out_dir: str | os.PathLike | None = None, eval_manifest: str | os.PathLike | None = None,
+               eval_every: int = 0, eval_limit: int | None = 200, progress: bool = True):
+    """The whole recipe, cached: encoder features (shared cache) → SlamModel → ``train``.
+
+    Without ``out_dir`` the run lives in ``artifacts/slam/<key of configs + data>``, so a second call with
+    the same inputs returns the trained model at once (and an interrupted one resumes).
+    Returns (model, TrainResult).
+    """
+    from dataclasses import replace
+
+    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.evaluation import evaluate_slam
+    from speechllm_redundancy.features import cached_features
+    from speechllm_redundancy.slam import SlamModel
+
+    store = cached_features(slam_config.encoder, train_manifest, whisper_window=slam_config.whisper_window,
+                            progress=progress)
+    slam_config = replace(slam_config, encoder_dim=store.dim)
+    data = make_data(store, read_manifest(train_manifest), task)
+    model = SlamModel(slam_config)
+    evaluate = evaluate_ctc = None
+    if eval_manifest:
+        eval_store = cached_features(slam_config.encoder, eval_manifest, whisper_window=slam_config.whisper_window,
+                                     progress=progress)
+        eval_utts = read_manifest(eval_manifest)[: eval_limit or None]
+
+        def evaluate(m):
+            res = evaluate_slam(m, eval_manifest, task, limit=eval_limit)
+            return {f"eval_{res['metric']}": res["score"], "eval_seconds": res["seconds"]}
+
+        if task == "asr":
+            def evaluate_ctc(module):
+                from speechllm_redundancy.evaluation import wer
+
+                hyps = module.transcribe([eval_store[u.id] for u in eval_utts])
+                return {"eval_ctc_wer": wer([u.text for u in eval_utts], hyps)}
+
+    out_dir = Path(out_dir) if out_dir else slam_run_dir(slam_config, train_config, data)
+    result = train(model, data, train_config, out_dir, evaluate=evaluate, eval_every=eval_every, progress=progress,
+                   evaluate_ctc=evaluate_ctc)
+    return model, result

@@ -1,0 +1,325 @@
+"""The embedded corpus: split disjointness, OOV selection, determinism, resumption, config parsing.
+
+Builds use a small made-up sentence pool (no download) and a tiny config, so each takes seconds.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from speechllm_redundancy.data import corpus as corpus_mod
+from speechllm_redundancy.data import synth
+from speechllm_redundancy.data.corpus import (
+    SPLITS,
+    CorpusConfig,
+    build_corpus,
+    corpus_config,
+    corpus_name,
+    plan_texts,
+)
+from speechllm_redundancy.data.manifest import read_manifest, validate_manifest
+from speechllm_redundancy.data.readers import LIBRIVOX_TESTDATA
+from speechllm_redundancy.data.text_sources import TextPools, words
+from speechllm_redundancy.errors import UserError
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+    reason="espeak-ng and sox (Debian) are needed to synthesise speech",
+)
+
+VOCAB = [
+    "the",
+    "cat",
+    "dog",
+    "man",
+    "woman",
+    "child",
+    "house",
+    "river",
+    "stone",
+    "tree",
+    "bread",
+    "water",
+    "light",
+    "fire",
+    "road",
+    "city",
+    "king",
+    "field",
+    "sees",
+    "finds",
+    "takes",
+    "gives",
+    "keeps",
+    "loves",
+    "builds",
+    "walks",
+    "near",
+    "under",
+    "over",
+    "with",
+    "from",
+    "into",
+    "and",
+    "but",
+    "red",
+    "old",
+    "small",
+    "green",
+    "quiet",
+    "bright",
+]
+GERMAN = ["der", "die", "das", "und", "mit", "von", "Haus", "Baum", "Stadt", "Wasser", "Licht"]
+FRENCH = ["le", "la", "les", "et", "avec", "de", "maison", "arbre", "ville", "eau", "lumière"]
+
+
+def make_pools(n_english=160, n_pairs=120, seed=0) -> TextPools:
+    rng = np.random.default_rng(seed)
+
+    def sentence(vocab, n):
+        return " ".join(rng.choice(vocab, size=n)).capitalize() + "."
+
+    english = [(f"wn:x{i}", sentence(VOCAB, 6 + i % 5)) for i in range(n_english)]
+    verses = [f"web:1.{i // 30 + 1}.{i % 30 + 1}" for i in range(n_pairs)]
+    web_en = {k: sentence(VOCAB, 6 + i % 7) for i, k in enumerate(verses)}
+    english += list(web_en.items())  # verses are in the English pool too, as with the real sources
+    en_de = [(k, web_en[k], sentence(GERMAN, 6)) for k in verses]
+    fr_en = [(k, sentence(FRENCH, 6), web_en[k]) for k in verses]
+    return TextPools(english=english, en_de=en_de, fr_en=fr_en, sources={"test": "made-up"})
+
+
+TINY = {
+    "size": "smoke",
+    "train": 10,
+    "test": 3,
+    "ast_train": 4,
+    "ast_test": 2,
+    "real": False,
+    "piper_share": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus") / "tiny"
+    paths = build_corpus(TINY, out, workers=2, pools=make_pools())
+    return out, paths
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_split_is_built_and_valid(built):
+    out, paths = built
+    assert list(paths) == [s for s in SPLITS if s != "real"]
+    summary = json.loads((out / "corpus.json").read_text())
+    assert summary["counts"] == {
+        "train": 10,
+        "test-clean": 3,
+        "test-other": 3,
+        "dev-ood": 3,
+        "en-de-train": 4,
+        "en-de-test": 2,
+        "fr-en-train": 4,
+        "fr-en-test": 2,
+    }
+    assert summary["failed"] == 0
+    for split, path in paths.items():
+        assert validate_manifest(path)["utterances"] == summary["counts"][split]
+        for utt in read_manifest(path):
+            assert utt.sample_rate == 16000 and utt.audio.endswith(f"audio/{split}/{utt.id}.wav")
+    fr = read_manifest(paths["fr-en-test"])[0]
+    assert (fr.src_lang, fr.tgt_lang) == ("fr", "en") and fr.speaker.startswith("espeak:fr")
+    assert all(u.tgt_lang == "de" and u.translation for u in read_manifest(paths["en-de-train"]))
+    # dev-ood: only held-out voices; the others: only training voices
+    held = {v.label for v in synth.HELDOUT_ESPEAK} | {synth.PIPER_VOICE.label}
+    train_voices = {v.label for v in synth.FLITE_VOICES + synth.TRAIN_ESPEAK}
+    assert all(u.speaker in held for u in read_manifest(paths["dev-ood"]))
+    for split in ("train", "test-clean", "test-other", "en-de-train"):
+        assert all(u.speaker in train_voices for u in read_manifest(paths[split]))
+
+
+def test_no_sentence_or_verse_in_two_splits(built):
+    out, paths = built
+    plan = json.loads((out / "plan.json").read_text())
+    seen_texts, seen_ids = {}, set()
+    for split, path in paths.items():
+        for utt in read_manifest(path):
+            assert utt.id not in seen_ids
+            seen_ids.add(utt.id)
+            for text in filter(None, (utt.text, utt.translation)):
+                norm = " ".join(words(text))
+                assert seen_texts.setdefault(norm, split) == split, (
+                    f"{text!r} in {seen_texts[norm]} and {split}"
+                )
+    verse_of = {j["id"]: j["id"].split("-web-")[-1] for j in plan["jobs"] if "-web-" in j["id"]}
+    splits_of_verse = {}
+    for split, path in paths.items():
+        for utt in read_manifest(path):
+            if utt.id in verse_of:
+                assert splits_of_verse.setdefault(verse_of[utt.id], split) == split
+
+
+def test_test_other_is_degraded_and_test_clean_is_not(built):
+    out, _ = built
+    jobs = json.loads((out / "plan.json").read_text())["jobs"]
+    other = [j["params"] for j in jobs if j["id"].startswith("test-other")]
+    clean = [j["params"] for j in jobs if j["id"].startswith("test-clean")]
+    assert all(5 <= p["snr_db"] <= 15 for p in other)
+    assert not any("snr_db" in p or "reverb" in p or "tempo" in p for p in clean)
+
+
+def test_same_seed_same_manifests_and_audio(built, tmp_path):
+    out, paths = built
+    again = build_corpus(TINY, tmp_path / "again", workers=1, pools=make_pools())
+    for split in paths:
+        assert _rows(paths[split]) == _rows(again[split])
+        for row in _rows(paths[split]):
+            assert (out / row["audio"]).read_bytes() == (tmp_path / "again" / row["audio"]).read_bytes()
+    seeds = [plan_texts(CorpusConfig(**{**TINY, "seed": s}), make_pools()) for s in (0, 0, 1)]
+    assert seeds[0] == seeds[1] and seeds[0]["train"] != seeds[2]["train"]
+
+
+def test_resume_makes_only_what_is_missing(built, tmp_path):
+    out, paths = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    gone = [copy / r["audio"] for r in _rows(copy / "train.jsonl")[:3]]
+    for path in gone:
+        path.unlink()
+    (copy / "corpus.json").unlink()  # as if killed before the end
+    (copy / "audio" / "train" / ".x.wav.abc.tmp").mkdir()  # debris of a killed atomic write
+    before = {p: p.stat().st_mtime_ns for p in (copy / "audio").rglob("*.wav") if p.exists()}
+    build_corpus(TINY, copy, workers=1, pools=make_pools())
+    summary = json.loads((copy / "corpus.json").read_text())
+    assert summary["made_this_run"] == 3
+    assert all(p.exists() for p in gone)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # untouched
+    assert _rows(copy / "train.jsonl")[0]["audio"] == _rows(paths["train"])[0]["audio"]
+    # a finished corpus is found, not rebuilt
+    build_corpus(TINY, copy, workers=1, pools=make_pools())
+    assert json.loads((copy / "corpus.json").read_text())["build_seconds"] == summary["build_seconds"]
+
+
+def test_changed_settings_redo_only_changed_utterances(built, tmp_path):
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    wavs = {p.name: p.stat().st_mtime_ns for p in (copy / "audio").rglob("*.wav")}
+    build_corpus({**TINY, "piper_share": 0.0, "flite_share": 0.9}, copy, workers=1, pools=make_pools())
+    plan = {j["out"]: j for j in json.loads((copy / "plan.json").read_text())["jobs"]}
+    for path in plan:
+        assert (copy / path).exists()
+    remade = [p.name for p in (copy / "audio").rglob("*.wav") if p.stat().st_mtime_ns != wavs.get(p.name)]
+    assert 0 < len(remade) < len(wavs)  # the voice changed for some utterances only
+
+
+def test_oov_selection_and_report(built):
+    out, _ = built
+    summary = json.loads((out / "corpus.json").read_text())
+    assert set(summary["oov"]) == {"test-clean", "test-other", "dev-ood", "en-de-test", "fr-en-test"}
+    assert 0 <= summary["oov"]["test-clean"] <= 1
+    # with a training set that covers the vocabulary, selection honours the budget
+    pools = make_pools(n_english=400)
+    plan = plan_texts(CorpusConfig(**{**TINY, "train": 300, "test": 20, "max_oov": 0.0}), pools)
+    vocab = {w for it in plan["train"] for w in words(it.text)}
+    for split in ("test-clean", "test-other", "dev-ood"):
+        assert len(plan[split]) == 20
+        assert all(w in vocab for it in plan[split] for w in words(it.text))
+
+
+def test_more_utterances_than_sentences_repeats_with_other_voices(tmp_path):
+    pools = make_pools(n_english=20, n_pairs=10)
+    plan = plan_texts(CorpusConfig(**{**TINY, "train": 40, "test": 1, "ast_train": 2, "ast_test": 1}), pools)
+    train = plan["train"]
+    assert len(train) == 40 and len({it.id for it in train}) == 40
+    assert len({it.text for it in train}) < 40
+    jobs = corpus_mod.make_jobs(CorpusConfig(**TINY), {"train": train}, tmp_path, piper=False)["train"]
+    assert len({(j.text, j.voice, json.dumps(j.params)) for j in jobs}) == 40
+
+
+def test_failed_synthesis_is_reported_not_fatal(tmp_path, monkeypatch):
+    broken = [synth.Voice("no-such-engine", "xx")]
+    monkeypatch.setattr(synth, "TRAIN_ESPEAK", broken)
+    monkeypatch.setattr(synth, "FLITE_VOICES", broken)
+    paths = build_corpus(
+        {**TINY, "train": 2, "test": 1, "ast_train": 1, "ast_test": 1},
+        tmp_path / "c",
+        workers=1,
+        pools=make_pools(),
+    )
+    summary = json.loads((tmp_path / "c" / "corpus.json").read_text())
+    assert summary["failed"] >= 2 and summary["counts"]["train"] == 0
+    assert "unknown engine no-such-engine" in summary["failures"][0]
+    assert summary["counts"]["fr-en-train"] == 1  # French voices were fine
+    assert paths["fr-en-train"].exists()
+
+
+@pytest.mark.skipif(not LIBRIVOX_TESTDATA.is_dir(), reason="Debian pocketsphinx-testdata not installed")
+def test_real_split_copies_the_librivox_clips(tmp_path):
+    paths = build_corpus(
+        {**TINY, "train": 2, "test": 1, "ast_train": 1, "ast_test": 1, "real": True},
+        tmp_path / "c",
+        workers=1,
+        pools=make_pools(),
+    )
+    real = read_manifest(paths["real"])
+    assert len(real) == 5 and all(u.audio.startswith(str(tmp_path)) for u in real)
+    assert "real" in json.loads((tmp_path / "c" / "corpus.json").read_text())["oov"]
+
+
+def test_external_split_from_a_manifest(built, tmp_path):
+    _, paths = built
+    spec = {"reader": "manifest", "path": str(paths["test-clean"])}
+    out = build_corpus({**TINY, "splits": {"dev-ood": spec}}, tmp_path / "c", workers=1, pools=make_pools())
+    assert [u.id for u in read_manifest(out["dev-ood"])] == [u.id for u in read_manifest(paths["test-clean"])]
+    assert not (tmp_path / "c" / "audio" / "dev-ood").exists()
+
+
+def test_config_from_names_yaml_and_errors(tmp_path):
+    assert corpus_config("smoke").train == 48 and corpus_config("default").train == 20000
+    assert corpus_name(corpus_config("default")) == "default"
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("model: x\ncorpus:\n  size: smoke\n  train: 64\n  seed: 3\n")
+    cfg = corpus_config(profile)
+    assert (cfg.size, cfg.train, cfg.test, cfg.seed) == ("smoke", 64, 8, 3)
+    assert corpus_name(cfg).startswith("smoke-")
+    profile.write_text("corpus:\n  size: smoke\n  trian: 64\n")
+    with pytest.raises(UserError, match="unknown corpus setting\\(s\\) trian"):
+        corpus_config(profile)
+    with pytest.raises(UserError, match="neither a preset"):
+        corpus_config(tmp_path / "none.yaml")
+    with pytest.raises(UserError, match="corpus size 'huge' unknown"):
+        corpus_config({"size": "huge"})
+    with pytest.raises(UserError, match="corpus.train must be a non-negative integer"):
+        corpus_config({"train": -1})
+    with pytest.raises(UserError, match="unknown split"):
+        corpus_config({"splits": {"dev": {}}})
+
+
+def test_paper_profile_shorthand_reads_real_corpora(tmp_path):
+    cfg = corpus_config(
+        {
+            "librispeech": "/data/LS",
+            "loquacious": "/data/loq",
+            "covost2": "/data/covost",
+            "common_voice_en": "/cv/en/clips",
+            "common_voice_fr": "/cv/fr/clips",
+            "splits": {"test-other": {"reader": "manifest", "path": "mine.jsonl"}},
+        }
+    )
+    assert cfg.splits["train"]["subsets"] == ["train-clean-100", "train-clean-360", "train-other-500"]
+    assert cfg.splits["dev-ood"] == {"reader": "loquacious", "root": "/data/loq", "split": "dev"}
+    assert cfg.splits["fr-en-test"]["tsv"] == "/data/covost/covost_v2.fr_en.tsv"
+    assert cfg.splits["test-other"]["reader"] == "manifest"  # explicit splits win
+    with pytest.raises(UserError, match="common_voice_fr"):
+        corpus_config({"covost2": "/data/covost", "common_voice_en": "/cv/en/clips"})
+
+
+def test_missing_programs_are_named(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="apt-get install sox flite"):
+        synth.check_tools({"flite"})

@@ -1,0 +1,123 @@
+"""The training loop: learning, exact resume, result cache, frozen decoder, schedule; the `slam` CLI."""
+
+import json
+
+import pytest
+import torch
+
+from slam_tiny import save_tiny_llm, save_tiny_whisper, tiny_llm, write_manifest_dir
+from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.slam import SlamConfig, SlamModel
+from speechllm_redundancy.training import Example, TrainConfig, TrainData, TrainingInterrupted, lr_lambda, train
+
+torch.set_num_threads(2)
+D = 16
+WORDS = ["cat", "dog", "bird", "fish"]
+
+
+@pytest.fixture(autouse=True)
+def _artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+
+
+def toy_data(n=24, seed=0):
+    """Each word is a fixed random frame pattern (8 frames); an utterance is 2–3 words."""
+    g = torch.Generator().manual_seed(seed)
+    protos = {w: torch.randn(D, generator=torch.Generator().manual_seed(i)) for i, w in enumerate(WORDS)}
+    examples = []
+    for i in range(n):
+        words = [WORDS[j] for j in torch.randint(0, len(WORDS), (2 + i % 2,), generator=g)]
+        frames = torch.cat([protos[w].repeat(8, 1) + 0.1 * torch.randn(8, D, generator=g) for w in words])
+        examples.append(Example(f"u{i}", frames.half(), "asr", " ".join(words)))
+    return TrainData(examples, f"toy-{n}-{seed}")
+
+
+def make(lora=None, dropout=0.0, init=0.02):
+    llm, tok = tiny_llm(init=init)
+    torch.manual_seed(0)
+    return SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, k=1, projector_hidden=64, lora=lora,
+                                projector_dropout=dropout), llm, tok)
+
+
+def test_lr_schedule_warmup_then_linear_warmdown():
+    f = lr_lambda(4, 10)
+    assert [round(f(s), 3) for s in range(11)] == [0.25, 0.5, 0.75, 1.0, 1.0, 0.833, 0.667, 0.5, 0.333, 0.167, 0.0]
+
+
+def test_training_lowers_the_loss_and_keeps_the_decoder_frozen(tmp_path):
+    model = make(lora={"r": 4, "alpha": 8, "dropout": 0.0}, init=0.3)
+    base = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    cfg = TrainConfig(steps=30, batch_size=8, lr=5e-3, warmup_steps=4, log_every=2, checkpoint_every=100)
+    result = train(model, toy_data(), cfg, tmp_path / "run", progress=False)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses[-1] < 0.6 * losses[0]
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    assert (tmp_path / "run" / "final" / "slam.json").exists()
+
+
+def test_ctc_warm_start_lowers_its_loss(tmp_path):
+    model = make()
+    cfg = TrainConfig(steps=0, ctc_warmup_steps=30, ctc_batch_size=8, ctc_lr=3e-2, warmup_steps=3, log_every=1)
+    result = train(model, toy_data(), cfg, tmp_path / "run", progress=False)
+    losses = [h["loss"] for h in result.history if h["phase"] == "ctc"]
+    assert len(losses) == 30 and losses[-1] < 0.7 * losses[0]
+    with pytest.raises(UserError, match="CTC"):  # k = 5 leaves fewer frames than target tokens
+        model.config.k = model.projector.k = 5
+        train(model, toy_data(), cfg, tmp_path / "run5", progress=False)
+
+
+def test_resume_after_interruption_gives_the_same_parameters(tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=2, checkpoint_every=2,
+                      ctc_warmup_steps=3, ctc_batch_size=4, time_masks=2, time_mask_width=3, feature_masks=1,
+                      feature_mask_width=4, log_every=1)
+    data = toy_data()
+    straight = make(dropout=0.1)
+    train(straight, data, cfg, tmp_path / "straight", progress=False)
+
+    for stop in (2, 5):  # inside the CTC phase, then inside the SLAM phase (4 = last checkpoint)
+        with pytest.raises(TrainingInterrupted):
+            train(make(dropout=0.1), data, cfg, tmp_path / "resumed", progress=False, stop_after=stop)
+    resumed = make(dropout=0.1)
+    result = train(resumed, data, cfg, tmp_path / "resumed", progress=False)
+    assert result.steps == {"ctc": 3, "slam": 6}
+    for (n, p), (_, q) in zip(straight.trainable_parameters().items(), resumed.trainable_parameters().items()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6, msg=n)
+
+
+def test_finished_run_is_a_cache_hit_and_other_settings_are_refused(tmp_path):
+    cfg = TrainConfig(steps=3, batch_size=4, warmup_steps=1)
+    data = toy_data()
+    first = make()
+    train(first, data, cfg, tmp_path / "run", progress=False)
+    second = make()
+    result = train(second, data, cfg, tmp_path / "run", progress=False, stop_after=0)  # no step may run
+    assert result.steps == {"slam": 3}
+    assert torch.equal(first.projector.net[0].weight, second.projector.net[0].weight)
+    with pytest.raises(UserError, match="other settings"):
+        train(make(), data, TrainConfig(steps=4, batch_size=4), tmp_path / "run", progress=False)
+
+
+def test_nothing_trainable_is_user_error(tmp_path):
+    model = make()
+    model.projector.requires_grad_(False)
+    with pytest.raises(UserError, match="nothing to train"):
+        train(model, toy_data(), TrainConfig(steps=2), tmp_path / "run", progress=False)
+
+
+def test_cli_train_then_evaluate(tmp_path, capsys):
+    from speechllm_redundancy.cli import main
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    llm = save_tiny_llm(tmp_path / "llm")
+    manifest = write_manifest_dir(tmp_path / "corpus")
+    out = tmp_path / "model"
+    assert main(["slam", "train", "--encoder", whisper, "--llm", llm, "--train", str(manifest), "--out", str(out),
+                 "--steps", "2", "--batch-size", "2", "--lora", "--eval", str(manifest), "--eval-every", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "eval_wer" in text and (out / "final" / "slam.json").exists()
+    meta = json.loads((out / "final" / "slam.json").read_text())
+    assert meta["config"]["lora"]["r"] == 8 and meta["config"]["encoder_dim"] == 32
+    hyps = tmp_path / "hyps.jsonl"
+    assert main(["slam", "evaluate", "--model", str(out), "--manifest", str(manifest), "--hyps", str(hyps)]) == 0
+    assert "WER" in capsys.readouterr().out and len(hyps.read_text().splitlines()) == 5
+    assert main(["slam", "evaluate", "--model", str(tmp_path), "--manifest", str(manifest)]) == 2
