@@ -1,0 +1,91 @@
+"""Post-pruning healing: a short training run that lets the rest of the model adapt to a removed block.
+
+The paper compares four strategies on a pruned SLAM model (NOTES.md, "Healing after pruning"):
+``none``; ``decoder`` — LoRA on the *receiving* layer's MLP (gate/up/down projections) only;
+``projector`` — the projector unfrozen; ``both``. Training reuses the SLAM loop (`training.train`), so
+healing runs are checkpointed, resumable and cached like every other run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.layers import decoder_layers
+from speechllm_redundancy.pruning import prune_block, receiving_layer
+
+STRATEGIES = ("none", "decoder", "projector", "both")
+# LoRA settings for the receiving layer (the paper's numbers were lost in extraction: peft-typical values)
+HEALING_LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def check_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown healing strategy {strategy!r}: use one of {', '.join(STRATEGIES)}.")
+    return strategy
+
+
+def prune_slam(slam, start: int, size: int):
+    """A pruned copy of a SLAM model (the original is untouched). A LoRA decoder is merged first, so the
+    healing adapter is the only one on the pruned model."""
+    pruned = copy.deepcopy(slam)
+    if hasattr(pruned.llm, "merge_and_unload"):
+        pruned.llm = pruned.llm.merge_and_unload()
+        pruned.config.lora = None
+    prune_block(pruned.llm, start, size, inplace=True)
+    return pruned
+
+
+def receiving_mlp_modules(llm, layer: int) -> list[str]:
+    """Fully qualified names of the receiving layer's MLP projections, as peft's ``target_modules``."""
+    layers = decoder_layers(llm)
+    if not 0 <= layer < len(layers):
+        raise UserError(f"receiving layer {layer} is outside the pruned decoder's {len(layers)} layers: "
+                        "a block that ends at the last layer has no receiving layer to heal; heal the projector.")
+    target = layers[layer]
+    names = [name for name, module in llm.named_modules()
+             if name.rsplit(".", 1)[-1] in MLP_PROJECTIONS and any(module is m for m in target.modules())]
+    if not names:
+        raise UserError(f"layer {layer} has no MLP gate/up/down projections ({', '.join(MLP_PROJECTIONS)}): "
+                        "decoder healing supports Llama/Qwen2-style MLPs.")
+    return names
+
+
+def prepare_healing(slam, strategy: str, receiving: int, lora: dict | None = None) -> None:
+    """Freeze everything, then unfreeze what ``strategy`` trains (adding the receiving-layer LoRA)."""
+    from peft import LoraConfig, get_peft_model
+
+    check_strategy(strategy)
+    slam.requires_grad_(False)
+    if strategy in ("decoder", "both") and receiving < len(decoder_layers(slam.llm)):
+        spec = {**HEALING_LORA, **(lora or {})}
+        config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
+                            target_modules=receiving_mlp_modules(slam.llm, receiving), bias="none")
+        slam.llm = get_peft_model(slam.llm, config, adapter_name="healing")
+    if strategy in ("projector", "both"):
+        slam.projector.requires_grad_(True)
+
+
+def heal(slam, start: int, size: int, strategy: str, data, train_config, out_dir: str | os.PathLike,
+         lora: dict | None = None, progress: bool = True):
+    """Prune block (start, size) from a trained SLAM model and heal it with ``strategy``.
+
+    Returns ``(healed_model, TrainResult | None)``; ``none`` trains nothing. ``out_dir`` caches the run
+    (a finished one is loaded, an interrupted one resumes).
+    """
+    from speechllm_redundancy.training import train
+
+    check_strategy(strategy)
+    pruned = prune_slam(slam, start, size)
+    if strategy == "none" or size == 0:
+        pruned.requires_grad_(False)
+        return pruned, None
+    prepare_healing(pruned, strategy, receiving_layer(start), lora)
+    if not any(p.requires_grad for p in pruned.parameters()):
+        return pruned, None  # decoder healing of a block ending at the last layer: nothing to train
+    result = train(pruned, data, train_config, Path(out_dir), progress=progress)
+    pruned.requires_grad_(False)
+    return pruned, result

@@ -1,0 +1,72 @@
+"""Healing: what each strategy trains, that it touches only the receiving layer, and that it lowers the loss."""
+
+import pytest
+import torch
+
+from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.healing import heal, prepare_healing, prune_slam, receiving_mlp_modules
+from speechllm_redundancy.layers import num_decoder_layers
+from speechllm_redundancy.training import TrainConfig
+from test_training import make, toy_data
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+
+
+def trainable(model):
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_prune_slam_leaves_the_original_untouched():
+    slam = make(init=0.3)
+    pruned = prune_slam(slam, 1, 1)
+    assert num_decoder_layers(slam.llm) == 3 and num_decoder_layers(pruned.llm) == 2
+    assert pruned.llm.config.num_hidden_layers == 2
+
+
+def test_decoder_strategy_trains_only_the_receiving_layers_mlp():
+    pruned = prune_slam(make(init=0.3), 0, 1)  # layers 1, 2 remain; old layer 1 now receives at index 0
+    prepare_healing(pruned, "decoder", 0)
+    names = trainable(pruned)
+    assert names and all(".layers.0.mlp." in n and "lora_" in n for n in names)
+    assert {n.split(".mlp.")[1].split(".")[0] for n in names} == {"gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize("strategy, projector, lora", [
+    ("none", False, False), ("projector", True, False), ("both", True, True)])
+def test_strategies_unfreeze_what_they_name(strategy, projector, lora):
+    pruned = prune_slam(make(init=0.3), 1, 1)
+    prepare_healing(pruned, strategy, 1)
+    names = trainable(pruned)
+    assert any(n.startswith("projector.") for n in names) == projector
+    assert any("lora_" in n for n in names) == lora
+
+
+def test_bad_strategy_and_layer_are_user_errors():
+    pruned = prune_slam(make(init=0.3), 1, 1)
+    with pytest.raises(UserError, match="strategy"):
+        prepare_healing(pruned, "everything", 1)
+    with pytest.raises(UserError, match="receiving layer"):
+        receiving_mlp_modules(pruned.llm, 5)
+
+
+def test_healing_both_lowers_the_loss_and_is_cached(tmp_path):
+    slam = make(init=0.3)
+    cfg = TrainConfig(steps=20, batch_size=8, lr=5e-3, warmup_steps=2, log_every=2, checkpoint_every=100)
+    healed, result = heal(slam, 1, 1, "both", toy_data(), cfg, tmp_path / "heal", progress=False)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses[-1] < losses[0]
+    assert num_decoder_layers(healed.llm) == 2 and not trainable(healed)
+    again, cached = heal(slam, 1, 1, "both", toy_data(), cfg, tmp_path / "heal", progress=False)
+    assert cached.history == result.history
+    proj = dict(healed.projector.named_parameters())
+    assert all(torch.equal(p, proj[n]) for n, p in again.projector.named_parameters())
+
+
+def test_no_healing_trains_nothing(tmp_path):
+    healed, result = heal(make(init=0.3), 0, 2, "none", toy_data(), TrainConfig(steps=5), tmp_path / "h")
+    assert result is None and num_decoder_layers(healed.llm) == 1
