@@ -1,0 +1,83 @@
+"""Walking the pruning path: prune n = 1, 2, … layers at l*(n), heal, evaluate every set, find the threshold.
+
+Every point (one n, one healing strategy) is cached as a small JSON file keyed by everything it depends
+on, so an interrupted walk resumes and chapters share points. The removable fraction is the paper's
+Table 1 number: the largest n/L whose relative change stays within the threshold on *every* set at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from speechllm_redundancy.cache import cached_json, key_of
+from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.evaluation import (ASR_THRESHOLD, AST_THRESHOLD, relative_change,
+                                             removable_fraction)
+from speechllm_redundancy.healing import check_strategy, heal
+from speechllm_redundancy.layers import num_decoder_layers
+
+
+def manifest_evaluator(manifests: Mapping[str, str | os.PathLike], task: str = "asr",
+                       limit: int | None = None) -> Callable:
+    """``evaluate(model, set_name) -> score`` by greedy decoding of a manifest (WER for ASR, BLEU for AST)."""
+    from speechllm_redundancy.evaluation import evaluate_slam
+
+    def evaluate(model, name: str) -> float:
+        return evaluate_slam(model, manifests[name], task, limit=limit)["score"]
+
+    return evaluate
+
+
+def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Sequence[str],
+              evaluate: Callable, out_dir: str | os.PathLike, strategy: str = "none", heal_data=None,
+              heal_config=None, key: str = "", progress: bool = True) -> pd.DataFrame:
+    """Prune ``slam`` along ``path`` ({n: l*(n)}) for each n in ``sizes`` (0 = the unpruned baseline, always
+    included), heal with ``strategy``, score every set with ``evaluate(model, set_name)``.
+
+    ``key`` names the trained model and evaluation data (e.g. a run directory's key): it is part of every
+    point's cache key. Returns a long frame: n, start, fraction, set, score, delta.
+    """
+    check_strategy(strategy)
+    if strategy != "none" and (heal_data is None or heal_config is None):
+        raise UserError(f"healing strategy {strategy!r} needs heal_data and heal_config (or use strategy='none').")
+    num_layers = num_decoder_layers(slam.llm)
+    bad = [n for n in sizes if n and (n not in path or not 0 < n < num_layers)]
+    if bad:
+        raise UserError(f"pruning sizes {bad} are not on the path (it covers n = {min(path)}…{max(path)} of a "
+                        f"{num_layers}-layer decoder): pass sizes from the path.")
+    out_dir = Path(out_dir)
+    heal_key = heal_config.key() if heal_config is not None and strategy != "none" else None
+    data_key = getattr(heal_data, "fingerprint", None) if strategy != "none" else None
+    rows = []
+    for n in tqdm(sorted({0, *sizes}), desc=f"pruning path ({strategy})", disable=not progress):
+        start = path.get(n, 0) if n else 0
+        point_key = key_of(key, n, start, strategy, heal_key, data_key, list(eval_sets))
+
+        def compute(n=n, start=start, point_key=point_key):
+            model = slam
+            if n:
+                model, _ = heal(slam, start, n, strategy, heal_data, heal_config,
+                                out_dir / f"heal-n{n}-{strategy}-{point_key}", progress=progress)
+            return {"n": n, "start": start, "scores": {name: float(evaluate(model, name)) for name in eval_sets}}
+
+        point = cached_json(out_dir / f"point-n{n}-{strategy}-{point_key}.json", compute)
+        rows += [{"n": n, "start": point["start"], "fraction": n / num_layers, "set": name, "score": s}
+                 for name, s in point["scores"].items()]
+    frame = pd.DataFrame(rows)
+    base = frame[frame.n == 0].set_index("set")["score"]
+    frame["delta"] = [relative_change(s, base[name]) for s, name in zip(frame.score, frame.set)]
+    frame["strategy"] = strategy
+    return frame
+
+
+def removable(frame: pd.DataFrame, num_layers: int, task: str = "asr") -> float:
+    """Largest n/L acceptable on every set at once (ASR: ΔWER ≤ +25 %; AST: ΔBLEU ≥ −10 %)."""
+    points = {int(n): dict(zip(g.set, g.score)) for n, g in frame.groupby("n")}
+    if task == "asr":
+        return removable_fraction(points, num_layers, ASR_THRESHOLD, higher_is_better=False)
+    return removable_fraction(points, num_layers, AST_THRESHOLD, higher_is_better=True)
