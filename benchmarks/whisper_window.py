@@ -1,7 +1,7 @@
 """Does encoding only the needed frames change Whisper's features enough to matter?
 
 Encodes N utterances with the Whisper encoder padded to 30 s ("full", what the model was trained on) and
-trimmed to whole seconds ("trim", this project's default), and prints: encoder time per utterance,
+trimmed to whole seconds ("trim", the cheap option for CPU runs), and prints: encoder time per utterance,
 cosine similarity of the kept frames, and the WER of Whisper's *own* greedy transcripts decoded from each
 encoder output — a direct check that the trimmed frames still carry the speech.
 

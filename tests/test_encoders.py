@@ -40,9 +40,10 @@ def test_whisper_trim_equals_full_window_when_the_window_is_full(whisper_dir):
     torch.testing.assert_close(trim.encode([x])[0], full.encode([x])[0], atol=1e-5, rtol=1e-5)
 
 
-def test_whisper_trim_batching_does_not_change_features(whisper_dir):
-    enc = SpeechEncoder.from_name(whisper_dir)
-    a, b = wav(1.2), wav(1.7, 1)  # same whole-second bucket → one batch
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_whisper_batching_does_not_change_features(whisper_dir, window):
+    enc = SpeechEncoder.from_name(whisper_dir, whisper_window=window)
+    a, b = wav(1.2), wav(1.7, 1)  # same whole-second bucket → one batch (full: every length shares one)
     assert enc.batch_key(a.numel()) == enc.batch_key(b.numel())
     together = enc.encode([a, b])
     for x, f in zip((a, b), together):
@@ -81,13 +82,13 @@ def test_bad_encoder_names_are_user_errors(tmp_path):
 
 # -- feature cache ------------------------------------------------------------------------------------------
 def test_feature_cache_computes_once_and_matches_encoder(tmp_path, whisper_dir, monkeypatch):
-    from speechllm_redundancy.features import FeatureStore, cached_features
+    from speechllm_redundancy.features import FeatureStore, cached_features, features_dir
 
     manifest = write_manifest_dir(tmp_path / "corpus")
-    store = cached_features(whisper_dir, manifest, progress=False)
+    store = cached_features(whisper_dir, manifest, whisper_window="trim", progress=False)
     assert isinstance(store, FeatureStore) and sorted(store) == [f"u{i}" for i in range(5)]
     assert store.dim == 32 and store.frame_rate == 50
-    enc = SpeechEncoder.from_name(whisper_dir)
+    enc = SpeechEncoder.from_name(whisper_dir, whisper_window="trim")
     from speechllm_redundancy.data.audio import load_audio
     from speechllm_redundancy.data.manifest import read_manifest
 
@@ -100,7 +101,9 @@ def test_feature_cache_computes_once_and_matches_encoder(tmp_path, whisper_dir, 
         raise AssertionError("cache miss: the encoder was loaded again")
 
     monkeypatch.setattr(SpeechEncoder, "from_name", boom)
-    again = cached_features(whisper_dir, manifest, progress=False)
+    again = cached_features(whisper_dir, manifest, whisper_window="trim", progress=False)
+    full = features_dir(whisper_dir, manifest, "full")
+    assert full != store.directory  # the window is part of the key
     assert again.directory == store.directory and torch.equal(again["u2"], store["u2"])
 
 

@@ -56,7 +56,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(text)).name or str(text))[:60]
 
 
-def features_dir(encoder_name: str, manifest_path: str | os.PathLike, whisper_window: str = "trim",
+def features_dir(encoder_name: str, manifest_path: str | os.PathLike, whisper_window: str = "full",
                  shard_size: int = 256) -> Path:
     """Where ``cached_features`` keeps (or will keep) the features of this encoder × manifest."""
     from speechllm_redundancy.encoders import resolve_model
@@ -108,7 +108,7 @@ def _shard_name(i: int) -> str:
 
 
 def cached_features(
-    encoder, manifest_path: str | os.PathLike, *, whisper_window: str = "trim", shard_size: int = 256,
+    encoder, manifest_path: str | os.PathLike, *, whisper_window: str = "full", shard_size: int = 256,
     batch_size: int = 16, progress: bool = True,
 ) -> FeatureStore:
     """Features of every utterance in ``manifest_path`` by ``encoder`` (a zoo name / path / hub id, or a

@@ -58,7 +58,7 @@ class SlamConfig:
     ctc_compress: bool = False  # keep only the speech frames the CTC head labels non-blank (needs a CTC warm start)
     max_target_tokens: int = 256
     dtype: str = "float32"  # the LLM's weights; the projector always trains in float32
-    whisper_window: str = "trim"  # how the encoder features were computed (recorded for reproducibility)
+    whisper_window: str = "full"  # Whisper features: "full" 30 s window (faithful) or "trim" (~6x cheaper)
 
 
 class Projector(nn.Module):

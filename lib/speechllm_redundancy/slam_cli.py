@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     feats = sub.add_parser("features", help="compute (or find) the cached encoder features of a manifest")
     feats.add_argument("--encoder", required=True, help="zoo name, local HF dir or hub id")
     feats.add_argument("--manifest", required=True, nargs="+")
-    feats.add_argument("--whisper-window", default="trim", choices=("trim", "full"))
+    feats.add_argument("--whisper-window", default="full", choices=("trim", "full"))
     feats.set_defaults(func=_features)
 
     tr = sub.add_parser("train", help="train a SLAM model (projector, optionally LoRA); resumes if interrupted")
