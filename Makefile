@@ -8,8 +8,9 @@ PY := .venv/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMPS := .stamps
 # Debian packages: speech synthesis (flite, espeak-ng, sox), audio I/O, the real LibriVox clips,
-# WordNet text, and Chromium for checking the rendered book.
-APT_PACKAGES := flite espeak-ng sox libsox-fmt-all libsndfile1 pocketsphinx-testdata wordnet-base chromium nodejs npm
+# WordNet text, and Chromium for checking the rendered book. npm (for the book's offline MathJax) comes
+# from Debian only where no npm is installed already (a Node.js from elsewhere conflicts with Debian's npm).
+APT_PACKAGES := flite espeak-ng sox libsox-fmt-all libsndfile1 pocketsphinx-testdata wordnet-base chromium
 
 .PHONY: book test setup system venv models data notebooks html bench clean-book help
 help:
@@ -27,7 +28,8 @@ setup: system venv
 
 system: $(STAMPS)/system
 $(STAMPS)/system: Makefile
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done; \
+	  command -v npm >/dev/null || echo nodejs npm); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

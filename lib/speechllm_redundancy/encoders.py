@@ -15,10 +15,8 @@ decoder reading them got 44 % instead of 24 % WER on 40 test-clean utterances of
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -33,15 +31,9 @@ WHISPER_WINDOWS = ("full", "trim")
 
 def resolve_model(name: str) -> str:
     """A loadable path or hub id for ``name``: the zoo's resolver (packaged names, tiny-*, local dirs)."""
-    try:
-        zoo = importlib.import_module("speechllm_redundancy.zoo")
-    except ModuleNotFoundError as err:
-        if err.name != "speechllm_redundancy.zoo":
-            raise
-        zoo = None
-    if not hasattr(zoo, "resolve"):  # zoo not in this checkout: local dirs and hub ids only
-        return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
-    return zoo.resolve(name)
+    from speechllm_redundancy.zoo import resolve
+
+    return resolve(name)
 
 
 @dataclass

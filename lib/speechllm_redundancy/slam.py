@@ -13,12 +13,11 @@ utterance nor its decoded text depends on what else is in the batch.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -132,20 +131,9 @@ class CtcHead(nn.Module):
 
 def load_llm(name: str, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) through the zoo (packaged names, tiny-*, local dirs, hub ids)."""
-    try:
-        zoo = importlib.import_module("speechllm_redundancy.zoo")
-    except ModuleNotFoundError as err:
-        if err.name != "speechllm_redundancy.zoo":
-            raise
-        zoo = None
-    if not hasattr(zoo, "load_causal_lm"):  # zoo not in this checkout: local dirs and hub ids only
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from speechllm_redundancy.zoo import load_causal_lm
 
-        from speechllm_redundancy.encoders import resolve_model
-
-        path = resolve_model(name)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
-    return zoo.load_causal_lm(name, dtype=dtype)
+    return load_causal_lm(name, dtype=dtype)
 
 
 class PromptLayout:
