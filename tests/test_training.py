@@ -51,7 +51,7 @@ def test_training_lowers_the_loss_and_keeps_the_decoder_frozen(tmp_path):
     result = train(model, toy_data(), cfg, tmp_path / "run", progress=False)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert losses[-1] < 0.6 * losses[0]
-    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    assert all(torch.equal(p.cpu(), base[n]) for n, p in model.named_parameters() if not p.requires_grad)
     assert (tmp_path / "run" / "final" / "slam.json").exists()
 
 
@@ -80,8 +80,9 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path):
     resumed = make(dropout=0.1)
     result = train(resumed, data, cfg, tmp_path / "resumed", progress=False)
     assert result.steps == {"ctc": 3, "slam": 6}
+    tol = 1e-6 if not torch.cuda.is_available() else 1e-3  # CUDA's ctc_loss/index_add use atomics
     for (n, p), (_, q) in zip(straight.trainable_parameters().items(), resumed.trainable_parameters().items()):
-        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6, msg=n)
+        torch.testing.assert_close(p, q, atol=tol, rtol=tol, msg=n)
 
 
 def test_finished_run_is_a_cache_hit_and_other_settings_are_refused(tmp_path):
