@@ -30,11 +30,16 @@ def main() -> None:
     ap.add_argument("--encoder", default=SlamConfig.encoder)
     ap.add_argument("--train", default=str(corpus / "train.jsonl"))
     ap.add_argument("--eval", default=str(corpus / "test-clean.jsonl"))
+    ap.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
     ap.add_argument("--final-sets", nargs="*", default=["test-clean", "test-other", "dev-ood"],
                     help="splits of the corpus scored in full at the end")
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--no-chat-template", action="store_true")
     ap.add_argument("--k", type=int, default=SlamConfig.k)
+    ap.add_argument("--ctc-compress", action="store_true",
+                    help="feed the LLM one vector per CTC label run (needs ctc_warmup_steps > 0)")
+    ap.add_argument("--whisper-window", default="trim", choices=("trim", "full"),
+                    help="Whisper encoders: encode only the utterance (trim, the CPU default) or the 30 s window")
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--eval-limit", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
@@ -50,9 +55,11 @@ def main() -> None:
     cfg = TrainConfig(**overrides)
     lora = {"r": 8, "alpha": 16, "dropout": 0.05} if args.lora else None
     slam_cfg = SlamConfig(encoder=args.encoder, llm=args.llm, k=args.k, lora=lora,
-                          chat_template=not args.no_chat_template)
+                          chat_template=not args.no_chat_template, whisper_window=args.whisper_window,
+                          ctc_compress=args.ctc_compress)
     model, result = train_slam(slam_cfg, cfg, args.train, out_dir=None, eval_manifest=args.eval,
-                               eval_every=args.eval_every, eval_limit=args.eval_limit)
+                               eval_every=args.eval_every, eval_limit=args.eval_limit,
+                               train_limit=args.train_limit)
     print(json.dumps({"slam": asdict(slam_cfg), "train": asdict(cfg)}))
     print(f"{'phase':6} {'step':>6} {'minutes':>8} {'loss':>7} {'WER %':>7}")
     last_loss = {}

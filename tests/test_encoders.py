@@ -1,5 +1,6 @@
 """Speech encoders (tiny random Whisper / WavLM) and the feature cache."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,21 @@ def test_whisper_trim_equals_full_window_when_the_window_is_full(whisper_dir):
     trim = SpeechEncoder.from_name(whisper_dir, whisper_window="trim")
     x = wav(30.0)
     torch.testing.assert_close(trim.encode([x])[0], full.encode([x])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_whisper_trim_computes_the_same_log_mel_as_the_30_s_window(whisper_dir):
+    # trim mode computes log-mel over the trimmed window only; it must equal the start of the 30 s one
+    fe = SpeechEncoder.from_name(whisper_dir, whisper_window="trim").feature_extractor
+    for seconds in (0.7, 2.0, 4.3):
+        x = wav(seconds).numpy()
+        n_mel = 100 * int(np.ceil(seconds))
+        full = fe([x], sampling_rate=16000, return_tensors="pt").input_features[:, :, :n_mel]
+        trimmed = fe([x], sampling_rate=16000, return_tensors="pt", padding="max_length",
+                     max_length=(n_mel + 2) * fe.hop_length, truncation=True).input_features
+        torch.testing.assert_close(trimmed[:, :, :n_mel], full, atol=1e-6, rtol=0)
+    enc = SpeechEncoder.from_name(whisper_dir, whisper_window="trim")
+    x = wav(2.0)  # ends exactly on a second: the case where the STFT's end reflection could leak in
+    assert enc.encode([x])[0].shape == (100, 32)
 
 
 @pytest.mark.parametrize("window", ["trim", "full"])
@@ -140,3 +156,34 @@ def test_feature_cache_resumes_after_interruption(tmp_path, whisper_dir, monkeyp
     store_done = True
     store = cached_features(whisper_dir, manifest, shard_size=2, batch_size=1, progress=False)
     assert len(store) == 5 and sum(calls) == 3  # shard 0 (2 utterances) was not encoded again
+
+
+def test_feature_cache_limit_encodes_only_needed_shards_then_extends(tmp_path, whisper_dir, monkeypatch):
+    """A run needing the first N utterances encodes only their shards; a later full run adds the rest
+    without re-encoding, and a limit already covered is a pure cache hit."""
+    from speechllm_redundancy.features import cached_features
+
+    manifest = write_manifest_dir(tmp_path / "corpus")  # 5 utterances
+    encoded = []
+    real = SpeechEncoder.encode
+
+    def counting(self, waves):
+        encoded.append(len(waves))
+        return real(self, waves)
+
+    monkeypatch.setattr(SpeechEncoder, "encode", counting)
+    part = cached_features(whisper_dir, manifest, limit=3, shard_size=2, progress=False)
+    assert sum(encoded) == 4 and sorted(part) == ["u0", "u1", "u2", "u3"]  # two whole shards
+    assert sorted(p.name for p in part.directory.glob("shard-*")) == ["shard-00000.safetensors",
+                                                                      "shard-00001.safetensors"]
+    encoded.clear()
+    assert len(cached_features(whisper_dir, manifest, limit=4, shard_size=2, progress=False)) == 4
+    assert encoded == []
+    full = cached_features(whisper_dir, manifest, shard_size=2, progress=False)
+    assert sum(encoded) == 1 and sorted(full) == [f"u{i}" for i in range(5)]
+    assert full.directory == part.directory and torch.equal(full["u1"], part["u1"])
+    encoded.clear()
+    assert len(cached_features(whisper_dir, manifest, limit=2, shard_size=2, progress=False)) == 5
+    assert encoded == []
+    with pytest.raises(UserError, match="positive number"):
+        cached_features(whisper_dir, manifest, limit=0, progress=False)

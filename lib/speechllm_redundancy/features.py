@@ -2,14 +2,17 @@
 
 Layout: ``artifacts/features/<encoder>/<manifest-stem>-<key>/`` holding ``shard-NNNNN.safetensors``
 (fp16 frames of ``shard_size`` consecutive manifest utterances, keyed by utterance id) and ``index.json``
-(written last: its presence marks a complete cache). The key hashes the encoder's weights, the Whisper
-window mode and the manifest's bytes, so an edited manifest or a different encoder never hits a stale
-entry. Shards are written atomically, so an interrupted encoding resumes at the first missing shard.
+(written after the shards it lists; ``complete`` says whether they cover the whole manifest). The key
+hashes the encoder's weights, the Whisper window mode and the manifest's bytes, so an edited manifest or a
+different encoder never hits a stale entry. Shards are written atomically, so an interrupted encoding
+resumes at the first missing shard, and a run that needs only the first N utterances (``limit``) encodes
+only their shards — a later run that needs more extends the same cache.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -70,7 +73,7 @@ def features_dir(encoder_name: str, manifest_path: str | os.PathLike, whisper_wi
 
 
 class FeatureStore(Mapping):
-    """Read-only mapping utterance id → fp16 Tensor (T, D) over a finished cache directory.
+    """Read-only mapping utterance id → fp16 Tensor (T, D) over the encoded shards of a cache directory.
 
     Shards are loaded on first access to one of their ids and then kept in memory.
     """
@@ -108,11 +111,14 @@ def _shard_name(i: int) -> str:
 
 
 def cached_features(
-    encoder, manifest_path: str | os.PathLike, *, whisper_window: str = "full", shard_size: int = 256,
-    batch_size: int = 16, progress: bool = True,
+    encoder, manifest_path: str | os.PathLike, *, whisper_window: str = "full", limit: int | None = None,
+    shard_size: int = 256, batch_size: int = 16, progress: bool = True,
 ) -> FeatureStore:
-    """Features of every utterance in ``manifest_path`` by ``encoder`` (a zoo name / path / hub id, or a
-    loaded ``SpeechEncoder``), computed once, fp16 on disk, shared by all later calls."""
+    """Features of the utterances in ``manifest_path`` by ``encoder`` (a zoo name / path / hub id, or a
+    loaded ``SpeechEncoder``), computed once, fp16 on disk, shared by all later calls.
+
+    ``limit``: only the first ``limit`` utterances are needed (their whole shards are encoded; the store may
+    hold a few more). ``None`` encodes the whole manifest."""
     from tqdm.auto import tqdm
 
     from speechllm_redundancy.data.manifest import read_manifest
@@ -123,24 +129,30 @@ def cached_features(
         from speechllm_redundancy.data.audio import load_audio
     from speechllm_redundancy.encoders import SpeechEncoder
 
+    if limit is not None and limit < 1:
+        raise UserError(f"limit={limit}: pass a positive number of utterances, or None for the whole manifest.")
     name = encoder if isinstance(encoder, str) else encoder.name
     if not isinstance(encoder, str):
         whisper_window = encoder.whisper_window
     out = features_dir(name, manifest_path, whisper_window, shard_size)
-    if (out / "index.json").exists():
-        return FeatureStore(out)
+    index_path = out / "index.json"
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+        if index.get("complete", True) or (limit is not None and sum(map(len, index["shards"])) >= limit):
+            return FeatureStore(out)
 
     utts = read_manifest(manifest_path)
     ids = [u.id for u in utts]
     if len(set(ids)) != len(ids):
         raise UserError(f"{manifest_path} repeats utterance ids: make every id unique.")
+    shards = [utts[i : i + shard_size] for i in range(0, len(utts), shard_size)]
+    needed = shards if limit is None else shards[: math.ceil(min(limit, len(utts)) / shard_size)]
     if isinstance(encoder, str):
         encoder = SpeechEncoder.from_name(encoder, whisper_window=whisper_window)
     out.mkdir(parents=True, exist_ok=True)
-    shards = [utts[i : i + shard_size] for i in range(0, len(utts), shard_size)]
-    bar = tqdm(total=len(utts), desc=f"encode {Path(manifest_path).stem} ({name})", unit="utt",
+    bar = tqdm(total=sum(map(len, needed)), desc=f"encode {Path(manifest_path).stem} ({name})", unit="utt",
                disable=not progress)
-    for s, shard in enumerate(shards):
+    for s, shard in enumerate(needed):
         if (out / _shard_name(s)).exists():
             bar.update(len(shard))
             continue
@@ -150,10 +162,11 @@ def cached_features(
         with atomic_path(out / _shard_name(s)) as tmp:
             save_file(tensors, str(tmp))
     bar.close()
-    atomic_write_json(out / "index.json", {
+    atomic_write_json(index_path, {
         "encoder": name, "encoder_path": encoder.path, "whisper_window": encoder.whisper_window,
         "frame_rate": encoder.frame_rate, "dim": encoder.dim, "manifest": str(Path(manifest_path).resolve()),
-        "shards": [[u.id for u in shard] for shard in shards], "format": FORMAT_VERSION,
+        "shards": [[u.id for u in shard] for shard in needed], "complete": len(needed) == len(shards),
+        "format": FORMAT_VERSION,
     })
     return FeatureStore(out)
 

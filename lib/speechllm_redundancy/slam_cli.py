@@ -28,12 +28,14 @@ def register(subparsers) -> None:
     feats.add_argument("--encoder", required=True, help="zoo name, local HF dir or hub id")
     feats.add_argument("--manifest", required=True, nargs="+")
     feats.add_argument("--whisper-window", default="full", choices=("trim", "full"))
+    feats.add_argument("--limit", type=int, help="encode only the first N utterances (whole shards)")
     feats.set_defaults(func=_features)
 
     tr = sub.add_parser("train", help="train a SLAM model (projector, optionally LoRA); resumes if interrupted")
     tr.add_argument("--encoder", default=SlamConfig.encoder)
     tr.add_argument("--llm", default=SlamConfig.llm, help="zoo name, local HF dir (e.g. a pruned model) or hub id")
     tr.add_argument("--train", required=True, help="training manifest (JSON Lines)")
+    tr.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
     tr.add_argument("--task", default="asr", choices=TASKS)
     tr.add_argument("--out", help="output directory (default: the shared cache, keyed by settings and data)")
     tr.add_argument("--lora", action="store_true", help="LoRA on the decoder's q, k, v, o projections")
@@ -42,6 +44,8 @@ def register(subparsers) -> None:
     tr.add_argument("--k", type=int, default=SlamConfig.k, help="frames concatenated per projector input")
     tr.add_argument("--whisper-window", default=SlamConfig.whisper_window, choices=("trim", "full"))
     tr.add_argument("--no-chat-template", action="store_true")
+    tr.add_argument("--ctc-compress", action="store_true",
+                    help="feed the LLM one vector per CTC label run (needs --ctc-warmup-steps > 0)")
     for f in fields(TrainConfig):  # every training setting is a flag (--steps, --lr, --ctc-warmup-steps …)
         if f.name in ("betas", "log_every", "mixed_precision"):
             continue
@@ -67,7 +71,7 @@ def _features(args) -> int:
     from speechllm_redundancy.features import cached_features
 
     for manifest in args.manifest:
-        store = cached_features(args.encoder, manifest, whisper_window=args.whisper_window)
+        store = cached_features(args.encoder, manifest, whisper_window=args.whisper_window, limit=args.limit)
         print(f"{manifest}: {len(store)} utterances, {store.dim}-d at {store.frame_rate:g} Hz -> {store.directory}")
     return 0
 
@@ -83,10 +87,12 @@ def _train(args) -> int:
     cfg = TrainConfig(**overrides)
     lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": 0.05} if args.lora else None
     slam_cfg = SlamConfig(encoder=args.encoder, llm=args.llm, k=args.k, lora=lora,
-                          chat_template=not args.no_chat_template, whisper_window=args.whisper_window)
+                          chat_template=not args.no_chat_template, whisper_window=args.whisper_window,
+                          ctc_compress=args.ctc_compress)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, result = train_slam(slam_cfg, cfg, args.train, task=args.task, out_dir=args.out,
-                               eval_manifest=args.eval, eval_every=args.eval_every, eval_limit=args.eval_limit)
+                               eval_manifest=args.eval, eval_every=args.eval_every, eval_limit=args.eval_limit,
+                               train_limit=args.train_limit)
     last = [h for h in result.history if "loss" in h][-1:] or [{}]
     print(f"trained {result.steps} in {result.minutes:.1f} min; last loss {last[0].get('loss', float('nan')):.3f}")
     for h in result.history:

@@ -424,11 +424,14 @@ def slam_run_dir(slam_config, cfg: TrainConfig, data: TrainData) -> Path:
 
 def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.PathLike, task: str = "asr",
                out_dir: str | os.PathLike | None = None, eval_manifest: str | os.PathLike | None = None,
-               eval_every: int = 0, eval_limit: int | None = 200, progress: bool = True):
+               eval_every: int = 0, eval_limit: int | None = 200, progress: bool = True,
+               train_limit: int | None = None):
     """The whole recipe, cached: encoder features (shared cache) → SlamModel → ``train``.
 
     Without ``out_dir`` the run lives in ``artifacts/slam/<key of configs + data>``, so a second call with
-    the same inputs returns the trained model at once (and an interrupted one resumes).
+    the same inputs returns the trained model at once (and an interrupted one resumes). ``train_limit``
+    trains on the first N utterances of the manifest only (and encodes only those: on a CPU, encoding a
+    large corpus can cost more than a short training run).
     Returns (model, TrainResult).
     """
     from dataclasses import replace
@@ -439,9 +442,9 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
     from speechllm_redundancy.slam import SlamModel
 
     store = cached_features(slam_config.encoder, train_manifest, whisper_window=slam_config.whisper_window,
-                            progress=progress)
+                            limit=train_limit, progress=progress)
     slam_config = replace(slam_config, encoder_dim=store.dim)
-    data = make_data(store, read_manifest(train_manifest), task)
+    data = make_data(store, read_manifest(train_manifest)[:train_limit], task)
     model = SlamModel(slam_config)
     evaluate = evaluate_ctc = None
     if eval_manifest:

