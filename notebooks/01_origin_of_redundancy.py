@@ -34,6 +34,14 @@ speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM mod
 train_steps = 3000  # SLAM training steps (projector, and LoRA where used); models are shared via the cache
 text_llms = ["qwen2.5-coder-1.5b", "smollm2-135m"]  # LLMs measured on text-only input (two families)
 angle_samples = 200  # utterances / sentences averaged per distance matrix
+whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
+recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start + compression)
+train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
+lora_llms = ["smollm2-135m"]  # decoders also trained with LoRA on the decoder (claim 2); [] skips claim 2
+lora = {"r": 8, "alpha": 16, "dropout": 0.05}  # LoRA of those SLAM models (q, k, v, o projections)
+pruned_fractions = [0.2, 0.4]  # levels of the no-healing walks of frozen vs LoRA decoders; None walks every n up to half, [] skips
+eval_limit = 100  # utterances decoded per evaluation set and pruning level in those walks; None decodes all
+max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
 
 # %% [markdown]
 # ## Inputs
@@ -44,22 +52,20 @@ angle_samples = 200  # utterances / sentences averaged per distance matrix
 # inputs, and the SLAM models are the shared trained ones of the cache.
 
 # %%
-from dataclasses import asdict
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display
 from myst_nb import glue
 
-from speechllm_redundancy import angles, plots
+from speechllm_redundancy import angles, plots, sweep
 from speechllm_redundancy.book import glue_verdict
-from speechllm_redundancy.cache import file_sha256, key_of
+from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus, read_manifest
+from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
-from speechllm_redundancy.slam import SlamConfig
-from speechllm_redundancy.training import TrainConfig, train_slam
-from speechllm_redundancy.zoo import load_causal_lm
+from speechllm_redundancy.training import trained_slam
 
 torch.manual_seed(seed)
 manifests = build_corpus(corpus)
@@ -69,29 +75,22 @@ glue("ch1_samples", len(sentences), display=False)
 pd.DataFrame({"transcript": sentences[:5]})
 
 # %% tags=["hide-output"]
-def text_matrix(name: str) -> angles.AngleMatrix:
-    """D(l, n) of LLM `name` on the transcripts (cached)."""
-    def compute():
-        model, tokenizer = load_causal_lm(name)
-        return angles.measure_angles(model.to(device), angles.text_batches(tokenizer, sentences))
-    return angles.cached_angles(artifact_path("angles", f"text-{key_of(name, sentences)}.json"), compute)
+def speech_model(llm: str, with_lora: bool = False):
+    """The SLAM model of decoder `llm` (frozen decoder, or LoRA on it), shared with the other chapters."""
+    return trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
+                        whisper_window=whisper_window, train_limit=train_limit,
+                        lora=lora if with_lora else None, device=device)
 
 
-def speech_matrix(llm: str):
-    """D(l, n) of the SLAM model (frozen decoder) with decoder `llm`, on the audio (cached); also its depth."""
-    slam_config = SlamConfig(encoder=encoder, llm=llm)
-    train_config = TrainConfig(steps=train_steps, seed=seed)
-    key = key_of(asdict(slam_config), train_config.key(), file_sha256(manifests["train"]), sentences)
-    path = artifact_path("angles", f"speech-{key}.json")
-
-    def compute():
-        slam, _ = train_slam(slam_config, train_config, manifests["train"])
-        slam.to(device)
-        return angles.measure_angles(slam, angles.SpeechBatches(slam, manifests["test-clean"], limit=angle_samples))
-    return angles.cached_angles(path, compute)
+def speech_matrix(llm: str, with_lora: bool = False):
+    """D(l, n) of the SLAM model with decoder `llm` (frozen, or with LoRA), on the test audio (cached)."""
+    slam, run = speech_model(llm, with_lora)
+    return angles.cached_angles(
+        artifact_path("angles", f"speech-{key_of(run.key, sentences)}.json"),
+        lambda: angles.measure_angles(slam, angles.SpeechBatches(slam, manifests["test-clean"], limit=angle_samples)))
 
 
-text = {name: text_matrix(name) for name in text_llms}
+text = {name: sweep.text_angles(name, sentences, device) for name in text_llms}
 speech = {name: speech_matrix(name) for name in speech_llms}
 
 # %% [markdown]
@@ -122,12 +121,12 @@ plots.angle_heatmaps({f"{name} (SLAM, speech)": m for name, m in speech.items()}
 # %%
 rows = []
 for name, s in speech.items():
-    t = text[name] if name in text else text_matrix(name)
+    t = text[name] if name in text else sweep.text_angles(name, sentences, device)
     rows.append({"decoder": name, "layers": s.num_layers, **angles.compare(t, s)})
 comparison = pd.DataFrame(rows).set_index("decoder")
 for name, r in comparison.iterrows():
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    plots.paths_plot({"text": text[name] if name in text else text_matrix(name), "speech": speech[name]}, ax=ax)
+    plots.paths_plot({"text": text[name] if name in text else sweep.text_angles(name, sentences, device), "speech": speech[name]}, ax=ax)
     ax.set_title(f"Optimal pruning path of {name}")
 mean_delta, agreement = comparison["mean_abs_difference"].mean(), comparison["path_agreement"].mean()
 glue("ch1_mean_abs_delta", float(mean_delta), display=False)
@@ -166,13 +165,73 @@ depth.style.format({"layers": "{:.0f}", "optimal block in deeper half": "{:.0%}"
 # Over all maps, the optimal block lies in the deeper half for {glue:text}`ch1_deep_share:.0%` of the block
 # sizes, and the block that ends at the last layer is the farthest for {glue:text}`ch1_last_share:.0%`.
 #
+# ## LoRA on the decoder
+#
+# For the decoders in `lora_llms`, a second SLAM model is trained with LoRA on the decoder's attention
+# projections (q, k, v, o) besides the projector, with the same steps and data. Its map on the same audio,
+# then, for both models, the mean distance $D(\ell^*(n), n)$ of the block each would prune (its own optimal
+# path, $n = 1 \ldots L-1$).
+
+# %%
+lora_speech = {name: speech_matrix(name, with_lora=True) for name in lora_llms}
+if lora_speech:
+    plots.angle_heatmaps({f"{name} (SLAM + LoRA, speech)": m for name, m in lora_speech.items()})
+
+
+def pruned_block_distance(m: angles.AngleMatrix) -> float:
+    """Mean D(l*(n), n) over the block sizes: how close the blocks on the optimal path are."""
+    return float(np.mean([m.distance(start, n) for n, start in m.optimal_path().items()]))
+
+
+lora_rows = []
+for name, m in lora_speech.items():
+    frozen = speech[name] if name in speech else speech_matrix(name)
+    lora_rows.append({"decoder": name, "pruned-block distance, frozen": pruned_block_distance(frozen),
+                      "pruned-block distance, LoRA": pruned_block_distance(m),
+                      "paths agree": angles.path_agreement(frozen, m)})
+lora_table = pd.DataFrame(lora_rows, columns=["decoder", "pruned-block distance, frozen",
+                                              "pruned-block distance, LoRA", "paths agree"]).set_index("decoder")
+lora_table.style.format({"pruned-block distance, frozen": "{:.3f}", "pruned-block distance, LoRA": "{:.3f}",
+                         "paths agree": "{:.0%}"})
+
+# %% [markdown]
+# Whether LoRA also raises the pruning tolerance: both models of each of those decoders pruned along their
+# own optimal paths (from the speech of 64 training utterances, as in chapter 3) at the `pruned_fractions`
+# levels, **without healing**, and every evaluation set decoded (`eval_limit` utterances each). The
+# removable fraction is the largest level whose relative WER change stays within +25 % on every set.
+
+# %%
+tolerance_rows = []
+if lora_llms and (pruned_fractions is None or len(pruned_fractions) > 0):
+    eval_sets = [s for s in ("test-clean", "test-other", "dev-ood") if s in manifests]
+    evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit, max_new_tokens=max_new_tokens)
+    for name in lora_llms:
+        for variant, with_lora in (("frozen", False), ("LoRA", True)):
+            slam, run = speech_model(name, with_lora)
+            key = run.key
+            num_layers = num_decoder_layers(slam.llm)
+            walk = sweep.walk_path(slam, sweep.speech_angles(slam, manifests["train"], key).optimal_path(),
+                                   sweep.path_sizes(num_layers, pruned_fractions), eval_sets, evaluate,
+                                   artifact_path("sweeps", f"asr-{key}"), key=key_of(key, eval_limit, max_new_tokens))
+            base = walk[walk.n == 0].set_index("set")["score"]
+            tolerance_rows.append({"decoder": name, "decoder training": variant, "layers": num_layers,
+                                   **{f"WER {s} (%)": base[s] for s in eval_sets},
+                                   "removable fraction": sweep.removable(walk, num_layers, "asr")})
+tolerance = pd.DataFrame(tolerance_rows)
+if not tolerance.empty:
+    display(tolerance.set_index(["decoder", "decoder training"]).style.format(
+        {c: "{:.1f}" for c in tolerance.columns if c.startswith("WER")} | {"removable fraction": "{:.1%}"}))
+
+# %% [markdown]
 # ## This run
 #
 # The settings this page was executed with:
 
 # %%
-settings = dict(encoder=encoder, speech_llms=speech_llms, text_llms=text_llms, angle_samples=angle_samples,
-                train_steps=train_steps, corpus=corpus, device=device, seed=seed)
+settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper_window=whisper_window,
+                speech_llms=speech_llms, text_llms=text_llms, angle_samples=angle_samples,
+                train_steps=train_steps, lora_llms=lora_llms, lora=lora, pruned_fractions=pruned_fractions,
+                eval_limit=eval_limit, max_new_tokens=max_new_tokens, corpus=corpus, device=device, seed=seed)
 pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
 
 # %% [markdown]
@@ -182,13 +241,31 @@ pd.Series({name: str(value) for name, value in settings.items()}, name="value").
 # the distances of pruned blocks without raising pruning tolerance; the smallest distances lie in deep
 # blocks, the largest in blocks that include the last layer). Claim 1 holds here when the paths agree on at
 # least 80 % of block sizes and the mean $|\Delta D|$ is below 0.05; claim 3 when both shares above are at
-# least two thirds. Claim 2 needs the LoRA-decoder SLAM model, not measured in this chapter yet.
+# least two thirds. Claim 2 holds when, for every decoder of `lora_llms`, LoRA lowers the mean distance of
+# the blocks on the optimal path and its removable fraction (no healing) is not larger than the frozen
+# decoder's.
 
 # %%
 holds1 = agreement >= 0.8 and mean_delta < 0.05
 glue_verdict(1, f"{'holds' if holds1 else 'does not hold'} at this scale: text vs speech mean |ΔD| = "
                 f"{mean_delta:.3f}, optimal paths agree on {agreement:.0%} of block sizes")
-glue_verdict(2, "pending")
+if lora_table.empty:
+    glue_verdict(2, "pending: the profile trains no SLAM model with LoRA on the decoder (lora_llms is empty)")
+else:
+    lowers = bool((lora_table["pruned-block distance, LoRA"] < lora_table["pruned-block distance, frozen"]).all())
+    distances = ", ".join(f"{n} {r['pruned-block distance, frozen']:.3f} → {r['pruned-block distance, LoRA']:.3f}"
+                          for n, r in lora_table.iterrows())
+    if tolerance.empty:
+        glue_verdict(2, f"first half {'holds' if lowers else 'does not hold'} (pruned-block distance frozen → LoRA: "
+                        f"{distances}); pruning tolerance not tested (pruned_fractions is empty)")
+    else:
+        removable = tolerance.pivot(index="decoder", columns="decoder training", values="removable fraction")
+        not_raised = bool((removable["LoRA"] <= removable["frozen"]).all())
+        fractions = ", ".join(f"{n} {r['frozen']:.0%} → {r['LoRA']:.0%}" for n, r in removable.iterrows())
+        glue_verdict(2, f"{'holds' if lowers and not_raised else 'does not hold'} at this scale: LoRA "
+                        f"{'lowers' if lowers else 'does not lower'} the pruned-block distance (frozen → LoRA: "
+                        f"{distances}) and {'does not raise' if not_raised else 'raises'} the removable fraction "
+                        f"without healing (frozen → LoRA: {fractions})")
 holds3 = deep_share >= 2 / 3 and last_share >= 2 / 3
 glue_verdict(3, f"{'holds' if holds3 else 'does not hold'} at this scale: optimal block in the deeper half "
                 f"for {deep_share:.0%} of block sizes; the block ending at the last layer is the farthest for "

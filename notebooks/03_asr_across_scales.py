@@ -27,7 +27,12 @@ seed = 0
 encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory or hub id
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models
 train_steps = 3000  # SLAM training steps (projector, and LoRA where used); models are shared via the cache
+whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
+recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start + compression)
+train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
+max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
+pruned_fractions = None  # fractions of decoder layers removed (rounded to whole layers); None walks every n up to half
 
 # %% [markdown]
 # ## Method of this chapter
@@ -35,45 +40,40 @@ eval_limit = 100  # utterances decoded per evaluation set and pruning level; Non
 # For every decoder of the profile: the SLAM model (frozen encoder, trained projector, frozen decoder;
 # shared through the cache with the other chapters), its optimal path from the angular distances of its
 # own speech inputs (64 training utterances), then the decoder pruned along that path by
-# $n = 1 \ldots \lceil L/2 \rceil$ layers, **without healing** (healing is chapter 2's subject), and greedy
-# decoding of every evaluation set (`eval_limit` utterances each). A level is acceptable when the relative
+# $n = 1 \ldots \lceil L/2 \rceil$ layers (or the profile's `pruned_fractions`, rounded to whole layers),
+# **without healing** (healing is chapter 2's subject), and greedy decoding of every evaluation set
+# (`eval_limit` utterances each, at most `max_new_tokens` tokens per utterance). A level is acceptable when the relative
 # WER change is at most +25 % on every set at once; the removable fraction is the largest acceptable $n/L$.
 
 # %% tags=["hide-output"]
-import math
-from dataclasses import asdict
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
 from myst_nb import glue
 
-from speechllm_redundancy import angles, plots, sweep
+from speechllm_redundancy import plots, sweep
 from speechllm_redundancy.book import glue_verdict
-from speechllm_redundancy.cache import file_sha256, key_of
+from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
-from speechllm_redundancy.slam import SlamConfig
-from speechllm_redundancy.training import TrainConfig, train_slam
+from speechllm_redundancy.training import trained_slam
 
 torch.manual_seed(seed)
 manifests = build_corpus(corpus)
 eval_sets = [s for s in ("test-clean", "test-other", "dev-ood") if s in manifests]
-evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit)
+evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit, max_new_tokens=max_new_tokens)
 walks, summary = {}, []
 for llm in speech_llms:
-    slam_config, train_config = SlamConfig(encoder=encoder, llm=llm), TrainConfig(steps=train_steps, seed=seed)
-    slam, _ = train_slam(slam_config, train_config, manifests["train"])
-    slam.to(device)
-    key = key_of(asdict(slam_config), train_config.key(), file_sha256(manifests["train"]))
-    matrix = angles.cached_angles(artifact_path("angles", f"speech-path-{key}.json"),
-                                  lambda: angles.measure_angles(slam, angles.SpeechBatches(slam, manifests["train"], limit=64)))
+    slam, run = trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
+                             whisper_window=whisper_window, train_limit=train_limit, device=device)
+    key = run.key
+    matrix = sweep.speech_angles(slam, manifests["train"], key, limit=64)
     num_layers = num_decoder_layers(slam.llm)
-    sizes = list(range(1, math.ceil(num_layers / 2) + 1))
+    sizes = sweep.path_sizes(num_layers, pruned_fractions)
     walk = sweep.walk_path(slam, matrix.optimal_path(), sizes, eval_sets, evaluate,
-                           artifact_path("sweeps", f"asr-{key}"), key=key_of(key, eval_limit))
+                           artifact_path("sweeps", f"asr-{key}"), key=key_of(key, eval_limit, max_new_tokens))
     walks[llm] = walk.assign(model=llm)
     fraction = sweep.removable(walk, num_layers, "asr")
     summary.append({"model": llm, "layers": num_layers,
@@ -96,7 +96,7 @@ for _, s in summary.iterrows():
         row = {"model": s["model"], "pruned": f"{n}/{s['layers']} ({n / s['layers']:.1%})"}
         for name in eval_sets:
             score, delta = at.loc[name, "score"], at.loc[name, "delta"]
-            row[name] = f"{100 * score:.1f}" + (f" ({delta:+.1%})" if n else "")
+            row[name] = f"{score:.1f}" + (f" ({delta:+.1%})" if n else "")
         rows.append(row)
 pd.DataFrame(rows).set_index(["model", "pruned"])
 
@@ -125,8 +125,10 @@ summary.style.format({"parameters (M)": "{:.1f}", "removable fraction": "{:.1%}"
 # The settings this page was executed with:
 
 # %%
-settings = dict(encoder=encoder, speech_llms=speech_llms, train_steps=train_steps, eval_limit=eval_limit,
-                corpus=corpus, device=device, seed=seed)
+settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper_window=whisper_window,
+                speech_llms=speech_llms, train_steps=train_steps, eval_limit=eval_limit,
+                max_new_tokens=max_new_tokens, pruned_fractions=pruned_fractions, corpus=corpus,
+                device=device, seed=seed)
 pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
 
 # %% [markdown]

@@ -63,6 +63,19 @@ def test_undeclared_parameter_is_an_error_naming_chapter_and_parameter(tmp_path)
         book.validate_profile(book.load_profile(path))
 
 
+def test_common_parameters_reach_only_the_chapters_that_declare_them(tmp_path):
+    raw_common = {"device": "cpu", "whisper_window": "trim"}
+    profile = book.load_profile(write_profile(tmp_path, common=raw_common, chapters={}))
+    book.validate_profile(profile)
+    assert "whisper_window" in book.chapter_parameters("03_asr_across_scales")
+    assert profile.parameters("03_asr_across_scales")["whisper_window"] == "trim"
+    assert "whisper_window" not in book.chapter_parameters("05_efficiency")
+    assert "whisper_window" not in profile.parameters("05_efficiency")  # papermill would only warn
+    typo = book.load_profile(write_profile(tmp_path, common={"whisper_windw": "trim"}, chapters={}))
+    with pytest.raises(UserError, match="no chapter declares the common parameter.*whisper_windw"):
+        book.validate_profile(typo)
+
+
 def test_profile_errors(tmp_path):
     with pytest.raises(UserError, match="not found: pass one of .*smoke"):
         book.load_profile("no-such-profile")

@@ -5,7 +5,8 @@ import torch
 
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.layers import num_decoder_layers
-from speechllm_redundancy.sweep import removable, walk_path
+from speechllm_redundancy.paths import artifacts_dir
+from speechllm_redundancy.sweep import manifest_evaluator, path_sizes, removable, text_angles, walk_path
 from speechllm_redundancy.training import TrainConfig
 from test_training import make, toy_data
 
@@ -61,3 +62,44 @@ def test_bad_sizes_and_missing_heal_data_are_user_errors(tmp_path):
         walk_path(make(), {1: 0}, [3], ["a"], LayerCountScore(), tmp_path)
     with pytest.raises(UserError, match="heal_data"):
         walk_path(make(), {1: 0}, [1], ["a"], LayerCountScore(), tmp_path, strategy="decoder")
+
+
+def test_path_sizes_round_fractions_to_whole_layers_on_the_path():
+    assert path_sizes(4, [0.5]) == [2]
+    assert path_sizes(6, [0.25, 0.5]) == [2, 3]  # 1.5 rounds to 2
+    assert path_sizes(30, [0.1, 0.2, 0.3, 0.4]) == [3, 6, 9, 12]
+    assert path_sizes(4, [0.01, 0.99]) == [1, 3]  # at least one layer, never the whole decoder
+    assert path_sizes(6) == [1, 2, 3] and path_sizes(7) == [1, 2, 3, 4]  # every n up to half
+    for bad in ([], [0.0], [1.0]):
+        with pytest.raises(UserError, match="strictly between 0 and 1"):
+            path_sizes(4, bad)
+    with pytest.raises(UserError, match="at least 2 layers"):
+        path_sizes(1)
+
+
+def test_manifest_evaluator_passes_its_limits(monkeypatch):
+    seen = []
+
+    def fake(model, manifest, task, limit=None, **kw):
+        seen.append((manifest, task, limit, kw))
+        return {"score": 12.5}
+
+    monkeypatch.setattr("speechllm_redundancy.evaluation.evaluate_slam", fake)
+    assert manifest_evaluator({"a": "a.jsonl"}, limit=4, max_new_tokens=8)(None, "a") == 12.5
+    assert manifest_evaluator({"a": "a.jsonl"})(None, "a") == 12.5
+    assert seen == [("a.jsonl", "asr", 4, {"max_new_tokens": 8}), ("a.jsonl", "asr", None, {})]
+    with pytest.raises(UserError, match="no manifest for evaluation set 'b'"):
+        manifest_evaluator({"a": "a.jsonl"})(None, "b")
+    with pytest.raises(UserError, match="positive"):
+        manifest_evaluator({"a": "a.jsonl"}, max_new_tokens=0)
+
+
+def test_text_angles_are_cached():
+    first = text_angles("tiny-qwen2", ["one two three", "four five"], progress=False)
+    assert first.num_layers == 4 and first.count == 2
+    saved = list((artifacts_dir() / "angles").glob("text-*.json"))
+    assert len(saved) == 1
+    saved[0].write_text(saved[0].read_text().replace('"count": 2', '"count": 7'))
+    assert text_angles("tiny-qwen2", ["one two three", "four five"], progress=False).count == 7  # read back
+    with pytest.raises(UserError, match="no sentences"):
+        text_angles("tiny-qwen2", [])

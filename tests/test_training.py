@@ -122,3 +122,22 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     assert main(["slam", "evaluate", "--model", str(out), "--manifest", str(manifest), "--hyps", str(hyps)]) == 0
     assert "WER" in capsys.readouterr().out and len(hyps.read_text().splitlines()) == 5
     assert main(["slam", "evaluate", "--model", str(tmp_path), "--manifest", str(manifest)]) == 2
+
+
+def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
+    """The chapters' entry point: the recipe decides the warm start and compression, the training limit the
+    data, and asking again for the same model is a cache hit with the same weights."""
+    from speechllm_redundancy.training import trained_slam
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    llm = save_tiny_llm(tmp_path / "llm")
+    manifest = write_manifest_dir(tmp_path / "corpus", texts=["a b", "c d e", "f g", "h", "i j"])
+    model, run = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, progress=False)
+    assert run.steps == {"ctc": 3, "slam": 5} and model.config.ctc_compress and model.ctc is not None
+    assert [e.id for e in run.data.examples] == ["u0", "u1", "u2"]
+    again, run2 = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, progress=False)
+    assert run2.key == run.key and torch.equal(again.projector.net[0].weight, model.projector.net[0].weight)
+    paper, other = trained_slam(whisper, llm, manifest, steps=5, recipe="paper", train_limit=3, progress=False)
+    assert other.key != run.key and other.steps == {"slam": 5} and paper.ctc is None
+    with pytest.raises(UserError, match="unknown training recipe"):
+        trained_slam(whisper, llm, manifest, steps=5, recipe="fast")

@@ -464,7 +464,8 @@ class SpeechBatches:
         utts = read_manifest(manifest)[: limit or None]
         if not utts:
             raise UserError(f"{manifest} lists no utterances: give a manifest with at least one.")
-        store = cached_features(slam.config.encoder, manifest, whisper_window=slam.config.whisper_window)
+        store = cached_features(slam.config.encoder, manifest, whisper_window=slam.config.whisper_window,
+                                limit=limit or None)
         self.features = sorted((store[u.id] for u in utts), key=len)
 
     def __len__(self) -> int:

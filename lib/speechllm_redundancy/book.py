@@ -9,6 +9,7 @@ Rendering never executes anything: pages come already executed, so the build is 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -55,8 +56,11 @@ class Profile:
     chapters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def parameters(self, stem: str) -> dict[str, Any]:
-        """What papermill passes to chapter `stem`: corpus settings, then common, then the chapter's own."""
-        return {"corpus": self.corpus, **self.common, **(self.chapters.get(stem) or {})}
+        """What papermill passes to chapter `stem`: corpus settings, the `common` entries the chapter
+        declares (a chapter that trains no SLAM model has no use for `train_steps`), then its own."""
+        declared = chapter_parameters(stem)
+        common = {k: v for k, v in self.common.items() if k in declared}
+        return {"corpus": self.corpus, **common, **(self.chapters.get(stem) or {})}
 
 
 def profile_path(name_or_path: str | os.PathLike) -> Path:
@@ -139,11 +143,25 @@ def declared_parameters(nb) -> set[str]:
     return {p.name for p in PythonTranslator.inspect(cells[0])}
 
 
+def chapter_parameters(stem: str) -> set[str]:
+    """The parameters chapter `stem` declares (memoised per version of its source file)."""
+    source = NOTEBOOKS_DIR / f"{stem}.py"
+    if not source.is_file():
+        return set()
+    return set(_declared_in(stem, source.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _declared_in(stem: str, mtime_ns: int) -> frozenset[str]:
+    return frozenset(declared_parameters(read_chapter(stem)))
+
+
 def validate_profile(profile: Profile, stems: list[str] | None = None) -> None:
-    """Every chapter the profile names exists and declares every parameter the profile passes it.
+    """Every chapter the profile names exists and declares every parameter the profile gives it, and
+    every `common` parameter is declared by at least one chapter.
 
     Papermill would only log a warning for an undeclared parameter and run on with the notebook's default:
-    a silently ignored setting. Here it is an error, raised before anything runs.
+    a silently ignored setting (a typo, say). Here it is an error, raised before anything runs.
     """
     known = chapter_stems()
     unknown = sorted(set(profile.chapters) - set(known))
@@ -156,9 +174,12 @@ def validate_profile(profile: Profile, stems: list[str] | None = None) -> None:
         if not declared:
             problems.append(f"{stem} has no cell tagged `parameters`")
             continue
-        missing = sorted(set(profile.parameters(stem)) - declared)
+        missing = sorted({"corpus", *(profile.chapters.get(stem) or {})} - declared)
         if missing:
             problems.append(f"{stem} does not declare {', '.join(missing)}")
+    unused = sorted(k for k in profile.common if not any(k in chapter_parameters(s) for s in known))
+    if unused:
+        problems.append(f"no chapter declares the common parameter(s) {', '.join(unused)}")
     if problems:
         raise UserError(f"profile {profile.path} does not fit the notebooks: {'; '.join(problems)}. "
                         "Fix: declare each parameter (with a default) in the notebook's `parameters` cell, "

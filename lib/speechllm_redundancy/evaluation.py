@@ -152,7 +152,7 @@ def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = N
 
     utts = read_manifest(manifest_path)[: limit or None]
     store = cached_features(model.config.encoder, manifest_path, whisper_window=model.config.whisper_window,
-                            progress=progress)
+                            limit=limit or None, progress=progress)
     refs = [u.text if task == "asr" else u.translation for u in utts]
     if any(r is None for r in refs):
         raise UserError(f"{manifest_path} has no translations: evaluate task {task!r} on a translation manifest.")

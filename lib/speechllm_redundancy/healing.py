@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from speechllm_redundancy.errors import UserError
@@ -86,6 +87,8 @@ def heal(slam, start: int, size: int, strategy: str, data, train_config, out_dir
     prepare_healing(pruned, strategy, receiving_layer(start), lora)
     if not any(p.requires_grad for p in pruned.parameters()):
         return pruned, None  # decoder healing of a block ending at the last layer: nothing to train
+    # healing continues a trained model: never the projector's CTC warm start again
+    train_config = replace(train_config, ctc_warmup_steps=0)
     result = train(pruned, data, train_config, Path(out_dir), progress=progress)
     pruned.requires_grad_(False)
     return pruned, result

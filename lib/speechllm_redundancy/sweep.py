@@ -7,6 +7,7 @@ Table 1 number: the largest n/L whose relative change stays within the threshold
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from speechllm_redundancy.angles import AngleMatrix
 from speechllm_redundancy.cache import cached_json, key_of
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.evaluation import (ASR_THRESHOLD, AST_THRESHOLD, relative_change,
@@ -23,14 +25,71 @@ from speechllm_redundancy.layers import num_decoder_layers
 
 
 def manifest_evaluator(manifests: Mapping[str, str | os.PathLike], task: str = "asr",
-                       limit: int | None = None) -> Callable:
-    """``evaluate(model, set_name) -> score`` by greedy decoding of a manifest (WER for ASR, BLEU for AST)."""
+                       limit: int | None = None, max_new_tokens: int | None = None) -> Callable:
+    """``evaluate(model, set_name) -> score`` by greedy decoding of a manifest (WER for ASR, BLEU for AST).
+
+    ``limit`` decodes the first N utterances of each set; ``max_new_tokens`` caps every output (None: the
+    decoder's default) — both bound the cost of a walk, so put them in the walk's ``key``.
+    """
     from speechllm_redundancy.evaluation import evaluate_slam
 
+    if limit is not None and limit < 1 or max_new_tokens is not None and max_new_tokens < 1:
+        raise UserError(f"limit={limit}, max_new_tokens={max_new_tokens}: use positive numbers (or None for all).")
+    extra = {} if max_new_tokens is None else {"max_new_tokens": int(max_new_tokens)}
+
     def evaluate(model, name: str) -> float:
-        return evaluate_slam(model, manifests[name], task, limit=limit)["score"]
+        if name not in manifests:
+            raise UserError(f"no manifest for evaluation set {name!r}: use one of {', '.join(manifests)}.")
+        return evaluate_slam(model, manifests[name], task, limit=limit, **extra)["score"]
 
     return evaluate
+
+
+def path_sizes(num_layers: int, fractions: Sequence[float] | None = None, max_fraction: float = 0.5) -> list[int]:
+    """The block sizes n to walk: round(f·L) for each of ``fractions`` (kept within 1 … L-1, deduplicated),
+    or, without fractions, every n = 1 … ⌈max_fraction·L⌉ (the paper walks every level)."""
+    if num_layers < 2:
+        raise UserError(f"a {num_layers}-layer decoder has no block to prune: use a decoder with at least 2 layers.")
+    if fractions is None:
+        if not 0 < max_fraction < 1:
+            raise UserError(f"max_fraction={max_fraction}: use a fraction strictly between 0 and 1.")
+        return list(range(1, min(num_layers - 1, math.ceil(max_fraction * num_layers)) + 1))
+    bad = [f for f in fractions if not 0 < f < 1]
+    if bad or not fractions:
+        raise UserError(f"pruned fractions {list(fractions)}: give fractions strictly between 0 and 1 "
+                        "(the unpruned baseline is always included).")
+    return sorted({min(num_layers - 1, max(1, round(f * num_layers))) for f in fractions})
+
+
+def speech_angles(slam, manifest: str | os.PathLike, key: str, limit: int | None = 64, task: str = "asr",
+                  progress: bool = True) -> AngleMatrix:
+    """D(l, n) of a trained SLAM model on its own inputs (speech of the first ``limit`` utterances of
+    ``manifest`` + the ``task`` prompt): the matrix whose optimal path the walks prune along. Cached under
+    the model's ``key``."""
+    from speechllm_redundancy.angles import SpeechBatches, cached_angles, measure_angles
+    from speechllm_redundancy.paths import artifact_path
+
+    name = key_of(key, limit) if task == "asr" else key_of(key, task, limit)  # ASR keys predate `task`
+    path = artifact_path("angles", f"speech-path-{name}.json")
+    return cached_angles(path, lambda: measure_angles(slam, SpeechBatches(slam, manifest, task=task, limit=limit),
+                                                      progress=progress))
+
+
+def text_angles(llm: str, sentences: Sequence[str], device: str = "cpu", progress: bool = True) -> AngleMatrix:
+    """D(l, n) of the LLM ``llm`` (zoo name / path / hub id) fed ``sentences`` as plain text (cached): the
+    text-derived path. Shares its cache with chapter 1's text-only maps of the same sentences."""
+    from speechllm_redundancy.angles import cached_angles, measure_angles, text_batches
+    from speechllm_redundancy.paths import artifact_path
+    from speechllm_redundancy.zoo import load_causal_lm
+
+    if not sentences:
+        raise UserError("no sentences to measure text angles on: pass at least one.")
+
+    def compute():
+        model, tokenizer = load_causal_lm(llm)
+        return measure_angles(model.to(device), text_batches(tokenizer, list(sentences)), progress=progress)
+
+    return cached_angles(artifact_path("angles", f"text-{key_of(llm, list(sentences))}.json"), compute)
 
 
 def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Sequence[str],

@@ -92,6 +92,13 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # {phase, step, loss, lr, minutes, [eval…]}
     minutes: float = 0.0
     steps: dict = field(default_factory=dict)  # phase → steps done
+    data: TrainData | None = None  # what it trained on (set by train_slam: healing runs reuse it)
+
+    @property
+    def key(self) -> str:
+        """Names the trained model for caches downstream (angles, pruning walks): the run directory's name,
+        which for runs in the shared cache is the hash of (model config, training config, data)."""
+        return self.out_dir.name
 
 
 def make_data(store, utterances, task: str = "asr") -> TrainData:
@@ -466,4 +473,38 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
     out_dir = Path(out_dir) if out_dir else slam_run_dir(slam_config, train_config, data)
     result = train(model, data, train_config, out_dir, evaluate=evaluate, eval_every=eval_every, progress=progress,
                    evaluate_ctc=evaluate_ctc)
+    result.data = data
+    return model, result
+
+
+# -- the models the chapters share -----------------------------------------------------------------------
+# How a chapter's SLAM models are trained. "paper": the paper's recipe (next-token loss from scratch, the
+# LLM reading every projected frame) — for GPUs and long runs. "cpu": a CTC warm start of the projector
+# against the frozen token embeddings, then the LLM reads one vector per CTC label run (ctc_compress): the
+# recipe measured to learn within minutes on a 2-core CPU (benchmarks/slam_training.py, book/method.md).
+# "ctc_warmup" is the warm start's length as a share of ``steps`` (the measured run: 600 CTC + 1000 steps).
+RECIPES = {
+    "paper": {"slam": {}, "ctc_warmup": 0.0},
+    "cpu": {"slam": {"ctc_compress": True}, "ctc_warmup": 0.6},
+}
+
+
+def trained_slam(encoder: str, llm: str, train_manifest: str | os.PathLike, *, steps: int, seed: int = 0,
+                 task: str = "asr", recipe: str = "paper", whisper_window: str = "full",
+                 train_limit: int | None = None, lora: dict | None = None, device: str | None = None,
+                 progress: bool = True):
+    """The SLAM model of (encoder, decoder, task, recipe, data), trained once through the shared cache:
+    every chapter asking for the same one gets the same weights. ``result.key`` names it for downstream
+    caches; ``result.data`` is what it trained on (healing reuses it). Returns (model, TrainResult)."""
+    from speechllm_redundancy.slam import SlamConfig
+
+    if recipe not in RECIPES:
+        raise UserError(f"unknown training recipe {recipe!r}: use one of {', '.join(RECIPES)}.")
+    slam_config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, lora=lora,
+                             **RECIPES[recipe]["slam"])
+    train_config = TrainConfig(steps=steps, seed=seed, ctc_warmup_steps=round(RECIPES[recipe]["ctc_warmup"] * steps))
+    model, result = train_slam(slam_config, train_config, train_manifest, task=task, train_limit=train_limit,
+                               progress=progress)
+    if device:
+        model.to(device)
     return model, result
