@@ -481,7 +481,7 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
 # How a chapter's SLAM models are trained. "paper": the paper's recipe (next-token loss from scratch, the
 # LLM reading every projected frame) — for GPUs and long runs. "cpu": a CTC warm start of the projector
 # against the frozen token embeddings, then the LLM reads one vector per CTC label run (ctc_compress): the
-# recipe measured to learn within minutes on a 2-core CPU (benchmarks/slam_training.py, book/method.md).
+# recipe tried for a 2-core CPU (measured there: see book/method.md and benchmarks/slam_training.py).
 # "ctc_warmup" is the warm start's length as a share of ``steps`` (the measured run: 600 CTC + 1000 steps).
 RECIPES = {
     "paper": {"slam": {}, "ctc_warmup": 0.0},
