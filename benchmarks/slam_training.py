@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
     ap.add_argument("--final-sets", nargs="*", default=["test-clean", "test-other", "dev-ood"],
                     help="splits of the corpus scored in full at the end")
+    ap.add_argument("--final-limit", type=int, default=100, help="utterances per final set (0 = all)")
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--no-chat-template", action="store_true")
     ap.add_argument("--k", type=int, default=SlamConfig.k)
@@ -74,7 +75,7 @@ def main() -> None:
     for split in args.final_sets:
         manifest = corpus / f"{split}.jsonl"
         if manifest.exists():
-            res = evaluate_slam(model, manifest, "asr")
+            res = evaluate_slam(model, manifest, "asr", limit=args.final_limit or None)
             print(f"{split}: WER {res['score']:.2f} % on {res['utterances']} utterances "
                   f"({res['seconds']:.0f} s decoding)")
     print(f"run directory: {result.out_dir}")

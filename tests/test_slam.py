@@ -5,7 +5,7 @@ import torch
 
 from slam_tiny import save_tiny_llm, tiny_llm
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.slam import PROMPTS, Projector, SlamConfig, SlamModel
+from speechllm_redundancy.slam import LEGACY_PROMPTS, PROMPTS, Projector, SlamConfig, SlamModel
 
 torch.set_num_threads(2)
 D = 16
@@ -16,11 +16,11 @@ def _artifacts(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
 
 
-def make(chat=True, lora=None, llm_name="tiny", seed=0):
+def make(chat=True, lora=None, llm_name="tiny", seed=0, **config):
     llm, tok = tiny_llm(seed=seed)
     torch.manual_seed(1)
     cfg = SlamConfig(encoder="tiny-whisper", llm=llm_name, encoder_dim=D, projector_hidden=32, chat_template=chat,
-                     lora=lora)
+                     lora=lora, **config)
     return SlamModel(cfg, llm, tok)
 
 
@@ -127,6 +127,30 @@ def test_save_and_load_decode_identically(tmp_path):
     (tmp_path / "user" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not a saved SLAM model"):  # … a user's directory is not
         model.save(tmp_path / "user")
+
+
+def test_instructions_are_part_of_the_saved_model_and_its_key(tmp_path):
+    import json
+
+    from speechllm_redundancy.training import TrainConfig, TrainData, slam_run_dir
+
+    llm_dir = save_tiny_llm(tmp_path / "llm")
+    custom = {**PROMPTS, "asr": "Write it down."}
+    model = make(llm_name=llm_dir, prompts=custom)
+    assert model.tokenizer.decode(model.layout.pieces("asr")[1]).startswith("\nWrite it down.")
+    model.save(tmp_path / "saved")
+    assert SlamModel.load(tmp_path / "saved").layout.pieces("asr") == model.layout.pieces("asr")
+    # a model saved before the instructions were recorded reloads with the instruction it was trained with
+    meta_path = tmp_path / "saved" / "slam.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["prompts"]
+    meta_path.write_text(json.dumps(meta))
+    legacy = SlamModel.load(tmp_path / "saved")
+    assert legacy.config.prompts == LEGACY_PROMPTS
+    assert legacy.tokenizer.decode(legacy.layout.pieces("asr")[1]).startswith("\nTranscribe the speech.")
+    # another instruction is another trained model in the shared cache
+    data = TrainData([], "fingerprint")
+    assert slam_run_dir(SlamConfig(), TrainConfig(), data) != slam_run_dir(SlamConfig(prompts=custom), TrainConfig(), data)
 
 
 def test_length_mismatch_is_user_error():

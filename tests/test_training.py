@@ -141,3 +141,22 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
     assert other.key != run.key and other.steps == {"slam": 5} and paper.ctc is None
     with pytest.raises(UserError, match="unknown training recipe"):
         trained_slam(whisper, llm, manifest, steps=5, recipe="fast")
+
+
+def test_retraining_from_scratch_reproduces_the_weights(tmp_path):
+    """The seed fixes everything, the projector's initial weights included: a deleted cache retrains to the
+    same model, and another seed is another model."""
+    import shutil
+
+    from speechllm_redundancy.training import trained_slam
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    llm = save_tiny_llm(tmp_path / "llm")
+    manifest = write_manifest_dir(tmp_path / "corpus")
+    first, run = trained_slam(whisper, llm, manifest, steps=2, seed=3, progress=False)
+    torch.manual_seed(123)  # whatever the caller's random state …
+    shutil.rmtree(run.out_dir)
+    again, _ = trained_slam(whisper, llm, manifest, steps=2, seed=3, progress=False)
+    assert torch.equal(again.projector.net[0].weight, first.projector.net[0].weight)  # … the same model
+    other, _ = trained_slam(whisper, llm, manifest, steps=2, seed=4, progress=False)
+    assert not torch.equal(other.projector.net[0].weight, first.projector.net[0].weight)

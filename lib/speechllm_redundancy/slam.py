@@ -17,7 +17,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -31,12 +31,18 @@ from speechllm_redundancy.layers import decoder_stack
 FORMAT_VERSION = 1
 SPEECH_PLACEHOLDER = "<<SPEECH>>"
 
-# Instructions per task; a prompt not named here is used verbatim.
+# Instructions per task; a prompt not named here is used verbatim. The ASR wording matters for a frozen
+# decoder: fed the *gold* transcript's token embeddings in place of speech (24 test-clean utterances),
+# frozen SmolLM2-135M-Instruct copies it at 69 % WER after "Transcribe the speech.", 65 % after "Repeat the
+# speech above exactly." and 38 % after this one; an instruction naming speech invites commentary.
 PROMPTS = {
-    "asr": "Transcribe the speech.",
+    "asr": "Repeat the words above exactly.",
     "ast-en-de": "Translate the English speech into German.",
     "ast-fr-en": "Translate the French speech into English.",
 }
+
+# what models saved before prompts were part of SlamConfig were trained with (format 1 without "prompts")
+LEGACY_PROMPTS = {**PROMPTS, "asr": "Transcribe the speech."}
 
 LORA_QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -54,6 +60,7 @@ class SlamConfig:
     lora: dict | None = None  # e.g. {"r": 8, "alpha": 16, "dropout": 0.05} → LoRA on q, k, v, o (peft)
     chat_template: bool = True  # use the tokenizer's chat template when it has one
     system_prompt: str | None = ""  # system turn ("" = empty turn; None = the template's default, often long)
+    prompts: dict = field(default_factory=lambda: dict(PROMPTS))  # task → instruction (part of the model's key)
     ctc_compress: bool = False  # keep only the speech frames the CTC head labels non-blank (needs a CTC warm start)
     max_target_tokens: int = 256
     dtype: str = "float32"  # the LLM's weights; the projector always trains in float32
@@ -139,8 +146,10 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32):
 class PromptLayout:
     """Token pieces around the speech for each prompt, and the target's stop token."""
 
-    def __init__(self, tokenizer, use_chat_template: bool = True, system_prompt: str | None = None):
+    def __init__(self, tokenizer, use_chat_template: bool = True, system_prompt: str | None = None,
+                 prompts: dict | None = None):
         self.tok = tokenizer
+        self.prompts = PROMPTS if prompts is None else prompts
         self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.system = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
@@ -169,7 +178,7 @@ class PromptLayout:
     def pieces(self, prompt: str) -> tuple[list[int], list[int]]:
         """Token ids before and after the speech for ``prompt`` (a task name or literal instruction)."""
         if prompt not in self._cache:
-            instruction = PROMPTS.get(prompt, prompt)
+            instruction = self.prompts.get(prompt, prompt)
             if self.chat:
                 text = self.tok.apply_chat_template(
                     self.system + [{"role": "user", "content": f"{SPEECH_PLACEHOLDER}\n{instruction}"}],
@@ -198,7 +207,7 @@ class SlamModel(nn.Module):
         llm.requires_grad_(False)
         self.llm = llm
         self.tokenizer = tokenizer
-        self.layout = PromptLayout(tokenizer, config.chat_template, config.system_prompt)
+        self.layout = PromptLayout(tokenizer, config.chat_template, config.system_prompt, config.prompts)
         width = llm.get_input_embeddings().weight.shape[1]
         self.projector = Projector(config.encoder_dim, width, config.k, config.projector_hidden,
                                    config.projector_dropout)
@@ -395,7 +404,7 @@ class SlamModel(nn.Module):
         if not meta_path.exists():
             raise UserError(f"{directory} has no slam.json: pass a directory written by SlamModel.save / slam train.")
         meta = json.loads(meta_path.read_text())
-        config = SlamConfig(**{**meta["config"], "lora": None})
+        config = SlamConfig(**{"prompts": LEGACY_PROMPTS, **meta["config"], "lora": None})
         model = cls(config, llm, tokenizer)
         model.config.lora = meta["config"].get("lora")
         if llm is None and _safe_fingerprint(config.llm) != meta["llm_fingerprint"]:

@@ -228,6 +228,10 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
     out_dir = Path(out_dir)
     run_key = key_of(cfg.key(), data.fingerprint)
     result_path = out_dir / "result.json"
+    device_cpu = not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=device_cpu, mixed_precision=resolve_mixed_precision(
+        cfg.mixed_precision, "cpu" if device_cpu else "cuda"))
+    model.to(accelerator.device)  # a cache hit lands where a fresh run would
     if result_path.exists():
         saved = json.loads(result_path.read_text())
         if saved.get("run_key") != run_key:
@@ -238,10 +242,6 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
     if len(data) == 0:
         raise UserError("no training examples: check the manifest and the task.")
 
-    device_cpu = not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=device_cpu, mixed_precision=resolve_mixed_precision(
-        cfg.mixed_precision, "cpu" if device_cpu else "cuda"))
-    model.to(accelerator.device)
     ckpt_dir = out_dir / "checkpoint"
     state = _load_checkpoint(ckpt_dir, run_key) if ckpt_dir.exists() else None
     history: list[dict] = state["history"] if state else []
@@ -452,7 +452,9 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
                             limit=train_limit, progress=progress)
     slam_config = replace(slam_config, encoder_dim=store.dim)
     data = make_data(store, read_manifest(train_manifest)[:train_limit], task)
-    model = SlamModel(slam_config)
+    with torch.random.fork_rng(devices=[]):  # the projector's (and adapters') initial weights follow the seed
+        torch.manual_seed(train_config.seed)
+        model = SlamModel(slam_config)
     evaluate = evaluate_ctc = None
     if eval_manifest:
         eval_store = cached_features(slam_config.encoder, eval_manifest, whisper_window=slam_config.whisper_window,
