@@ -31,7 +31,8 @@ device = "cpu"  # "cpu" or "cuda"
 seed = 0
 encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory or hub id
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models
-train_steps = 3000  # SLAM training steps (projector, and LoRA where used); models are shared via the cache
+train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
+ctc_steps = None  # CTC warm-start steps of the cpu recipe; None: 0.6 × train_steps
 text_llms = ["qwen2.5-coder-1.5b", "smollm2-135m"]  # LLMs measured on text-only input (two families)
 angle_samples = 200  # utterances / sentences averaged per distance matrix
 whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
@@ -78,7 +79,7 @@ pd.DataFrame({"transcript": sentences[:5]})
 def speech_model(llm: str, with_lora: bool = False):
     """The SLAM model of decoder `llm` (frozen decoder, or LoRA on it), shared with the other chapters."""
     return trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
-                        whisper_window=whisper_window, train_limit=train_limit,
+                        ctc_steps=ctc_steps, whisper_window=whisper_window, train_limit=train_limit,
                         lora=lora if with_lora else None, device=device)
 
 
@@ -231,7 +232,8 @@ if not tolerance.empty:
 settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper_window=whisper_window,
                 speech_llms=speech_llms, text_llms=text_llms, angle_samples=angle_samples,
                 train_steps=train_steps, lora_llms=lora_llms, lora=lora, pruned_fractions=pruned_fractions,
-                eval_limit=eval_limit, max_new_tokens=max_new_tokens, corpus=corpus, device=device, seed=seed)
+                ctc_steps=ctc_steps, eval_limit=eval_limit, max_new_tokens=max_new_tokens, corpus=corpus,
+                device=device, seed=seed)
 pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
 
 # %% [markdown]

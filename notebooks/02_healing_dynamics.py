@@ -28,7 +28,8 @@ device = "cpu"  # "cpu" or "cuda"
 seed = 0
 encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory or hub id
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models; this chapter heals the first
-train_steps = 3000  # SLAM training steps (projector, and LoRA where used); models are shared via the cache
+train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
+ctc_steps = None  # CTC warm-start steps of the cpu recipe; None: 0.6 × train_steps
 whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start + compression)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
@@ -36,6 +37,7 @@ healing_steps = 300  # training steps of each healing run
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
 pruned_fractions = [0.1, 0.2, 0.3, 0.4]  # fractions of decoder layers removed (rounded to whole layers); None walks every n up to half
+text_path_strategies = ["none", "decoder", "projector", "both"]  # strategies also walked on the text-derived path
 
 # %% [markdown]
 # ## Method of this chapter
@@ -48,7 +50,8 @@ pruned_fractions = [0.1, 0.2, 0.3, 0.4]  # fractions of decoder layers removed (
 # removed and the model healed with each strategy for `healing_steps` steps of the SLAM training loss on
 # the training set (the recipe of the SLAM training, the pruned model as a start). Every evaluation set is
 # then decoded greedily (`eval_limit` utterances each). Points shared by the two paths (same $n$, same
-# start) are computed once.
+# start) are computed once. The text-derived path is walked with `text_path_strategies` (all four by
+# default; a CPU profile may keep only `none`, since the paths' difference shows before any healing).
 
 # %% tags=["hide-output"]
 import matplotlib.pyplot as plt
@@ -61,6 +64,7 @@ from speechllm_redundancy import plots, sweep
 from speechllm_redundancy.book import glue_verdict
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus, read_manifest
+from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.healing import STRATEGIES
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
@@ -73,7 +77,7 @@ manifests = build_corpus(corpus)
 eval_sets = [s for s in ("test-clean", "test-other", "dev-ood") if s in manifests]
 llm = speech_llms[0]
 slam, run = trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
-                         whisper_window=whisper_window, train_limit=train_limit, device=device)
+                         ctc_steps=ctc_steps, whisper_window=whisper_window, train_limit=train_limit, device=device)
 key = run.key
 num_layers = num_decoder_layers(slam.llm)
 glue("ch2_layers", num_layers, display=False)
@@ -87,8 +91,11 @@ heal_config = TrainConfig(steps=healing_steps, seed=seed)
 evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit, max_new_tokens=max_new_tokens)
 sizes = sweep.path_sizes(num_layers, pruned_fractions)
 walks = []
+unknown = sorted(set(text_path_strategies) - set(STRATEGIES))
+if unknown:
+    raise UserError(f"text_path_strategies {unknown} unknown: use some of {', '.join(STRATEGIES)}.")
 for path_name, path in paths.items():
-    for strategy in STRATEGIES:
+    for strategy in STRATEGIES if path_name == "speech-derived" else text_path_strategies:
         walk = sweep.walk_path(slam, path, sizes, eval_sets, evaluate, artifact_path("sweeps", f"asr-{key}"),
                                strategy=strategy, heal_data=heal_data, heal_config=heal_config,
                                key=key_of(key, eval_limit, max_new_tokens))
@@ -152,8 +159,8 @@ table.style.format({"removable fraction": "{:.1%}", "mean relative WER change": 
 # %%
 settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper_window=whisper_window,
                 speech_llm=llm, healing_steps=healing_steps, train_steps=train_steps, eval_limit=eval_limit,
-                max_new_tokens=max_new_tokens, pruned_fractions=pruned_fractions, corpus=corpus,
-                device=device, seed=seed)
+                ctc_steps=ctc_steps, max_new_tokens=max_new_tokens, pruned_fractions=pruned_fractions,
+                text_path_strategies=text_path_strategies, corpus=corpus, device=device, seed=seed)
 pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
 
 # %% [markdown]

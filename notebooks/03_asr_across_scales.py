@@ -26,7 +26,8 @@ device = "cpu"  # "cpu" or "cuda"
 seed = 0
 encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory or hub id
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models
-train_steps = 3000  # SLAM training steps (projector, and LoRA where used); models are shared via the cache
+train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
+ctc_steps = None  # CTC warm-start steps of the cpu recipe; None: 0.6 × train_steps
 whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start + compression)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
@@ -67,7 +68,7 @@ evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit, max_new_
 walks, summary = {}, []
 for llm in speech_llms:
     slam, run = trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
-                             whisper_window=whisper_window, train_limit=train_limit, device=device)
+                             ctc_steps=ctc_steps, whisper_window=whisper_window, train_limit=train_limit, device=device)
     key = run.key
     matrix = sweep.speech_angles(slam, manifests["train"], key, limit=64)
     num_layers = num_decoder_layers(slam.llm)
@@ -126,7 +127,7 @@ summary.style.format({"parameters (M)": "{:.1f}", "removable fraction": "{:.1%}"
 
 # %%
 settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper_window=whisper_window,
-                speech_llms=speech_llms, train_steps=train_steps, eval_limit=eval_limit,
+                speech_llms=speech_llms, train_steps=train_steps, ctc_steps=ctc_steps, eval_limit=eval_limit,
                 max_new_tokens=max_new_tokens, pruned_fractions=pruned_fractions, corpus=corpus,
                 device=device, seed=seed)
 pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()

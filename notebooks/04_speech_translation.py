@@ -27,7 +27,8 @@ device = "cpu"  # "cpu" or "cuda"
 seed = 0
 encoder = "whisper-base"  # speech encoder of the ASR models (the ASR-derived path): as in chapter 3
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models
-train_steps = 3000  # SLAM training steps (projector, and LoRA where used); models are shared via the cache
+train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
+ctc_steps = None  # CTC warm-start steps of the cpu recipe; None: 0.6 × train_steps
 whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start + compression)
 train_limit = 8192  # ASR models: the first N utterances of the training split only; None uses all of it
@@ -86,7 +87,7 @@ def speech_model(llm, manifest, task, speech_encoder):
     """A SLAM model shared through the cache (the ASR one is chapter 3's)."""
     limit = train_limit if task == "asr" else ast_train_limit
     return trained_slam(speech_encoder, llm, manifest, task=task, steps=train_steps, seed=seed, recipe=recipe,
-                        whisper_window=whisper_window, train_limit=limit, device=device)
+                        ctc_steps=ctc_steps, whisper_window=whisper_window, train_limit=limit, device=device)
 
 
 walks, paths, matrices = [], [], {}
@@ -192,7 +193,7 @@ summary.style.format({"baseline BLEU": "{:.2f}", "removable (AST-derived)": "{:.
 settings = dict(recipe=recipe, train_limit=train_limit, ast_train_limit=ast_train_limit, encoder=encoder,
                 ast_encoder=ast_encoder, speech_llms=speech_llms, directions=directions,
                 pruned_fractions=pruned_fractions, eval_limit=eval_limit, max_new_tokens=max_new_tokens,
-                healing=healing, healing_steps=healing_steps, train_steps=train_steps,
+                healing=healing, healing_steps=healing_steps, train_steps=train_steps, ctc_steps=ctc_steps,
                 whisper_window=whisper_window, corpus=corpus, device=device, seed=seed)
 pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
 

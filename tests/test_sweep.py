@@ -57,6 +57,17 @@ def test_healed_walk_trains_per_level(tmp_path):
     assert any(p.name.startswith("heal-n1-both") for p in tmp_path.iterdir())
 
 
+def test_walks_with_other_strategies_share_the_unpruned_baseline(tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=8, lr=5e-3, warmup_steps=1, checkpoint_every=100)
+    slam, score = make(init=0.3), LayerCountScore()
+    walk_path(slam, {1: 1}, [1], ["a"], score, tmp_path, progress=False)
+    assert len(score.calls) == 2  # n = 0 and n = 1
+    healed = walk_path(slam, {1: 1}, [1], ["a"], score, tmp_path, strategy="decoder", heal_data=toy_data(),
+                       heal_config=cfg, progress=False)
+    assert len(score.calls) == 3  # only the healed n = 1 was scored again
+    assert healed[healed.n == 0].delta.tolist() == [0.0]
+
+
 def test_bad_sizes_and_missing_heal_data_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not on the path"):
         walk_path(make(), {1: 0}, [3], ["a"], LayerCountScore(), tmp_path)

@@ -143,6 +143,39 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
         trained_slam(whisper, llm, manifest, steps=5, recipe="fast")
 
 
+def test_trained_slam_steps_per_decoder_and_warm_start_length(tmp_path):
+    """A profile gives each decoder its own step count (a time budget buys a larger one fewer) and the cpu
+    recipe's warm start its own length; numbers that cannot work are refused before any training."""
+    from speechllm_redundancy.training import trained_slam
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    llm = save_tiny_llm(tmp_path / "llm")
+    manifest = write_manifest_dir(tmp_path / "corpus", durations=(0.7, 1.3, 2.2), texts=["a b", "c d e", "f g"])
+    _, run = trained_slam(whisper, llm, manifest, steps={str(llm): 3, "other": 9}, recipe="cpu", ctc_steps=2,
+                          progress=False)
+    assert run.steps == {"ctc": 2, "slam": 3}
+    with pytest.raises(UserError, match="no number for decoder"):
+        trained_slam(whisper, llm, manifest, steps={"other": 3}, progress=False)
+    with pytest.raises(UserError, match="no CTC warm start"):
+        trained_slam(whisper, llm, manifest, steps=3, recipe="paper", ctc_steps=2, progress=False)
+    with pytest.raises(UserError, match="at least one warm-start step"):
+        trained_slam(whisper, llm, manifest, steps=3, recipe="cpu", ctc_steps=0, progress=False)
+
+
+def test_translation_warm_start_spells_the_source_transcript():
+    """CTC aligns speech with its own words, so an AST example's warm-start target is the transcript while
+    its SLAM target stays the translation; ASR examples have one target."""
+    from speechllm_redundancy.data.manifest import Utterance
+    from speechllm_redundancy.training import make_data
+
+    store = {"u": torch.zeros(4, 2)}
+    utt = Utterance(id="u", audio="u.wav", duration=1.0, sample_rate=16000, text="bonjour", translation="hello")
+    ast = make_data(store, [utt], "ast-fr-en").examples[0]
+    assert (ast.target, ast.ctc_target) == ("hello", "bonjour")
+    asr = make_data(store, [utt], "asr").examples[0]
+    assert (asr.target, asr.ctc_target) == ("bonjour", None)
+
+
 def test_retraining_from_scratch_reproduces_the_weights(tmp_path):
     """The seed fixes everything, the projector's initial weights included: a deleted cache retrains to the
     same model, and another seed is another model."""

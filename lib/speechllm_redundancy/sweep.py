@@ -115,7 +115,10 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
     rows = []
     for n in tqdm(sorted({0, *sizes}), desc=f"pruning path ({strategy})", disable=not progress):
         start = path.get(n, 0) if n else 0
-        point_key = key_of(key, n, start, strategy, heal_key, data_key, list(eval_sets))
+        # the unpruned baseline is the same model whatever the strategy: every walk shares its point
+        point_strategy = strategy if n else "none"
+        point_key = key_of(key, n, start, point_strategy, heal_key if n else None, data_key if n else None,
+                           list(eval_sets))
 
         def compute(n=n, start=start, point_key=point_key):
             model = slam
@@ -124,7 +127,7 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
                                 out_dir / f"heal-n{n}-{strategy}-{point_key}", progress=progress)
             return {"n": n, "start": start, "scores": {name: float(evaluate(model, name)) for name in eval_sets}}
 
-        point = cached_json(out_dir / f"point-n{n}-{strategy}-{point_key}.json", compute)
+        point = cached_json(out_dir / f"point-n{n}-{point_strategy}-{point_key}.json", compute)
         rows += [{"n": n, "start": point["start"], "fraction": n / num_layers, "set": name, "score": s}
                  for name, s in point["scores"].items()]
     frame = pd.DataFrame(rows)

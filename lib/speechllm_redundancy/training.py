@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +75,7 @@ class Example:
     features: torch.Tensor
     prompt: str
     target: str
+    ctc_target: str | None = None  # what the CTC warm start spells (None: ``target``)
 
 
 @dataclass
@@ -102,15 +103,20 @@ class TrainResult:
 
 
 def make_data(store, utterances, task: str = "asr") -> TrainData:
-    """Pair cached features with their targets: the transcript for ``asr``, the translation for ``ast-*``."""
+    """Pair cached features with their targets: the transcript for ``asr``, the translation for ``ast-*``.
+
+    A translation example's CTC warm start spells the *source* transcript: CTC aligns monotonically, which
+    speech and its own words do and speech and a translation do not; the LLM then translates what it reads.
+    """
     examples = []
     for u in utterances:
         target = u.text if task == "asr" else u.translation
         if target is None:
             raise UserError(f"utterance {u.id} has no {'translation' if task != 'asr' else 'text'} for task {task!r}: "
                             "use a manifest built for this task.")
-        examples.append(Example(u.id, store[u.id], task, target))
-    fp = key_of(getattr(store, "directory", None) and str(store.directory), task, [(e.id, e.target) for e in examples])
+        examples.append(Example(u.id, store[u.id], task, target, None if task == "asr" else u.text))
+    pairs = [(e.id, e.target) if e.ctc_target is None else (e.id, e.target, e.ctc_target) for e in examples]
+    fp = key_of(getattr(store, "directory", None) and str(store.directory), task, pairs)
     return TrainData(examples, fp)
 
 
@@ -265,7 +271,7 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
         if resuming:
             _restore_params(model, state)
         if phase == "ctc":
-            targets_ids = [model.layout._ids(e.target.strip()) for e in examples]
+            targets_ids = [model.layout._ids((e.ctc_target or e.target).strip()) for e in examples]
             feasible = sum(len(t) <= math.ceil(n / model.projector.k) for t, n in zip(targets_ids, lengths))
             if feasible < len(examples) / 2:
                 raise UserError(f"CTC warm start: only {feasible}/{len(examples)} utterances have at least as many "
@@ -491,20 +497,47 @@ RECIPES = {
 }
 
 
-def trained_slam(encoder: str, llm: str, train_manifest: str | os.PathLike, *, steps: int, seed: int = 0,
-                 task: str = "asr", recipe: str = "paper", whisper_window: str = "full",
+def steps_for(steps: int | Mapping[str, int], llm: str) -> int:
+    """``steps`` is one number for every decoder or a mapping decoder → steps (a 0.5B decoder's step costs
+    ~2.5× a 135M one's on a CPU, so a time budget buys it fewer)."""
+    if isinstance(steps, Mapping):
+        llm = llm if llm in steps else str(llm)
+        if llm not in steps:
+            raise UserError(f"train_steps gives no number for decoder {llm!r} (it has {', '.join(map(str, steps))}): "
+                            "add it, or give one number for every decoder.")
+        steps = steps[llm]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"train_steps={steps!r} for {llm!r}: use a positive whole number.")
+    return steps
+
+
+def trained_slam(encoder: str, llm: str, train_manifest: str | os.PathLike, *, steps: int | Mapping[str, int],
+                 seed: int = 0, task: str = "asr", recipe: str = "paper", whisper_window: str = "full",
                  train_limit: int | None = None, lora: dict | None = None, device: str | None = None,
-                 progress: bool = True):
+                 ctc_steps: int | None = None, progress: bool = True):
     """The SLAM model of (encoder, decoder, task, recipe, data), trained once through the shared cache:
     every chapter asking for the same one gets the same weights. ``result.key`` names it for downstream
-    caches; ``result.data`` is what it trained on (healing reuses it). Returns (model, TrainResult)."""
+    caches; ``result.data`` is what it trained on (healing reuses it). ``steps``: one number, or a mapping
+    decoder → steps. ``ctc_steps``: the cpu recipe's warm-start length (None: its share of ``steps``).
+    Returns (model, TrainResult)."""
     from speechllm_redundancy.slam import SlamConfig
 
     if recipe not in RECIPES:
         raise UserError(f"unknown training recipe {recipe!r}: use one of {', '.join(RECIPES)}.")
+    steps = steps_for(steps, llm)
+    share = RECIPES[recipe]["ctc_warmup"]
+    if ctc_steps is not None and (isinstance(ctc_steps, bool) or not isinstance(ctc_steps, int) or ctc_steps < 0):
+        raise UserError(f"ctc_steps={ctc_steps!r}: use a whole number of steps (or None for the recipe's share).")
+    if ctc_steps and not share:
+        raise UserError(f"ctc_steps={ctc_steps} but recipe {recipe!r} has no CTC warm start: use recipe='cpu' "
+                        "or ctc_steps=None.")
+    if ctc_steps == 0 and share:
+        raise UserError(f"ctc_steps=0 but recipe {recipe!r} reads the speech through the CTC head: give it at least "
+                        "one warm-start step (or use recipe='paper').")
+    warmup = round(share * steps) if ctc_steps is None or not share else ctc_steps
     slam_config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, lora=lora,
                              **RECIPES[recipe]["slam"])
-    train_config = TrainConfig(steps=steps, seed=seed, ctc_warmup_steps=round(RECIPES[recipe]["ctc_warmup"] * steps))
+    train_config = TrainConfig(steps=steps, seed=seed, ctc_warmup_steps=warmup)
     model, result = train_slam(slam_config, train_config, train_manifest, task=task, train_limit=train_limit,
                                progress=progress)
     if device:
