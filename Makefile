@@ -12,13 +12,13 @@ STAMPS := .stamps
 # from Debian only where no npm is installed already (a Node.js from elsewhere conflicts with Debian's npm).
 APT_PACKAGES := flite espeak-ng sox libsox-fmt-all libsndfile1 pocketsphinx-testdata wordnet-base chromium
 
-.PHONY: book test setup system venv models data notebooks html bench clean-book help
+.PHONY: book test setup system venv models data notebooks html verify bench clean-book help
 help:
 	@echo "make book [PROFILE=default|smoke|paper]  set up, build models/corpus, run every chapter, render the book"
 	@echo "make test                                 set up, run the test suite (smoke chapters included)"
-	@echo "steps: setup system venv models data notebooks html bench"
+	@echo "steps: setup system venv models data notebooks html verify bench"
 
-book: setup models data notebooks html
+book: setup models data notebooks html verify
 	@echo "book: artifacts/book/$(PROFILE)/_build/html/index.html"
 
 test: setup
@@ -54,6 +54,9 @@ notebooks: setup
 
 html: setup
 	$(PY) -m speechllm_redundancy book render --profile profiles/$(PROFILE).yaml
+
+verify: setup
+	$(PY) -m speechllm_redundancy book verify --profile profiles/$(PROFILE).yaml
 
 bench: setup
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

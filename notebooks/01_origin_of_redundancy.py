@@ -61,9 +61,10 @@ from IPython.display import display
 from myst_nb import glue
 
 from speechllm_redundancy import angles, plots, sweep
-from speechllm_redundancy.book import glue_verdict
+from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus, read_manifest
+from speechllm_redundancy.evaluation import describe_unusable, no_better_than_empty
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
 from speechllm_redundancy.training import trained_slam
@@ -214,13 +215,14 @@ if lora_llms and (pruned_fractions is None or len(pruned_fractions) > 0):
             walk = sweep.walk_path(slam, sweep.speech_angles(slam, manifests["train"], key).optimal_path(),
                                    sweep.path_sizes(num_layers, pruned_fractions), eval_sets, evaluate,
                                    artifact_path("sweeps", f"asr-{key}"), key=key_of(key, eval_limit, max_new_tokens))
-            base = walk[walk.n == 0].set_index("set")["score"]
+            base = sweep.baseline_scores(walk)
             tolerance_rows.append({"decoder": name, "decoder training": variant, "layers": num_layers,
                                    **{f"WER {s} (%)": base[s] for s in eval_sets},
-                                   "removable fraction": sweep.removable(walk, num_layers, "asr")})
+                                   "removable fraction": sweep.removable(walk, num_layers, "asr"),
+                                   "unusable": no_better_than_empty(base, "asr")})
 tolerance = pd.DataFrame(tolerance_rows)
 if not tolerance.empty:
-    display(tolerance.set_index(["decoder", "decoder training"]).style.format(
+    display(tolerance.drop(columns="unusable").set_index(["decoder", "decoder training"]).style.format(
         {c: "{:.1f}" for c in tolerance.columns if c.startswith("WER")} | {"removable fraction": "{:.1%}"}))
 
 # %% [markdown]
@@ -234,7 +236,7 @@ settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper
                 train_steps=train_steps, lora_llms=lora_llms, lora=lora, pruned_fractions=pruned_fractions,
                 ctc_steps=ctc_steps, eval_limit=eval_limit, max_new_tokens=max_new_tokens, corpus=corpus,
                 device=device, seed=seed)
-pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
+settings_table(settings)
 
 # %% [markdown]
 # ## Verdicts
@@ -245,7 +247,8 @@ pd.Series({name: str(value) for name, value in settings.items()}, name="value").
 # least 80 % of block sizes and the mean $|\Delta D|$ is below 0.05; claim 3 when both shares above are at
 # least two thirds. Claim 2 holds when, for every decoder of `lora_llms`, LoRA lowers the mean distance of
 # the blocks on the optimal path and its removable fraction (no healing) is not larger than the frozen
-# decoder's.
+# decoder's; the second half is not testable when an unpruned model does no better than an empty
+# transcript (WER ≥ 100 %) on some set.
 
 # %%
 holds1 = agreement >= 0.8 and mean_delta < 0.05
@@ -260,6 +263,10 @@ else:
     if tolerance.empty:
         glue_verdict(2, f"first half {'holds' if lowers else 'does not hold'} (pruned-block distance frozen → LoRA: "
                         f"{distances}); pruning tolerance not tested (pruned_fractions is empty)")
+    elif unusable := [describe_unusable(f"{r['decoder']} ({r['decoder training']})", r["unusable"])
+                      for _, r in tolerance.iterrows() if r["unusable"]]:
+        glue_verdict(2, f"first half {'holds' if lowers else 'does not hold'} (pruned-block distance frozen → LoRA: "
+                        f"{distances}); pruning tolerance not testable at this scale: {'; '.join(unusable)}")
     else:
         removable = tolerance.pivot(index="decoder", columns="decoder training", values="removable fraction")
         not_raised = bool((removable["LoRA"] <= removable["frozen"]).all())

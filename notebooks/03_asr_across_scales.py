@@ -54,9 +54,10 @@ import torch
 from myst_nb import glue
 
 from speechllm_redundancy import plots, sweep
-from speechllm_redundancy.book import glue_verdict
+from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus
+from speechllm_redundancy.evaluation import describe_unusable, no_better_than_empty
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
 from speechllm_redundancy.training import trained_slam
@@ -79,7 +80,8 @@ for llm in speech_llms:
     fraction = sweep.removable(walk, num_layers, "asr")
     summary.append({"model": llm, "layers": num_layers,
                     "parameters (M)": sum(p.numel() for p in slam.llm.parameters()) / 1e6,
-                    "removable fraction": fraction, "layers removable": round(fraction * num_layers)})
+                    "removable fraction": fraction, "layers removable": round(fraction * num_layers),
+                    "unusable": no_better_than_empty(sweep.baseline_scores(walk), "asr")})
 summary = pd.DataFrame(summary)
 
 # %% [markdown]
@@ -114,7 +116,7 @@ ax.set(xscale="log", title="Removable fraction vs decoder size", ylim=(-0.02, 0.
 ordered = summary.sort_values("parameters (M)")
 glue("ch3_smallest", float(ordered["removable fraction"].iloc[0]), display=False)
 glue("ch3_largest", float(ordered["removable fraction"].iloc[-1]), display=False)
-summary.style.format({"parameters (M)": "{:.1f}", "removable fraction": "{:.1%}"})
+summary.drop(columns="unusable").style.format({"parameters (M)": "{:.1f}", "removable fraction": "{:.1%}"})
 
 # %% [markdown]
 # The smallest decoder of this profile tolerates removing {glue:text}`ch3_smallest:.1%` of its layers, the
@@ -130,18 +132,25 @@ settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper
                 speech_llms=speech_llms, train_steps=train_steps, ctc_steps=ctc_steps, eval_limit=eval_limit,
                 max_new_tokens=max_new_tokens, pruned_fractions=pruned_fractions, corpus=corpus,
                 device=device, seed=seed)
-pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
+settings_table(settings)
 
 # %% [markdown]
 # ## Verdict
 #
 # Claim 5 of the paper: larger decoders tolerate more pruning. Here (no healing) it holds when the removable
-# fraction never decreases with decoder size and the largest decoder tolerates more than the smallest.
+# fraction never decreases with decoder size and the largest decoder tolerates more than the smallest,
+# among the decoders whose unpruned model does better than an empty transcript (WER < 100 %) on every set;
+# with fewer than two of those it is not testable.
 
 # %%
+usable = ordered[[not bad for bad in ordered["unusable"]]]
+unusable = "; ".join(describe_unusable(r["model"], r["unusable"]) for _, r in ordered.iterrows() if r["unusable"])
 if len(ordered) < 2:
     glue_verdict(5, "pending: the profile has a single decoder")
+elif len(usable) < 2:
+    glue_verdict(5, f"not testable at this scale: {unusable}")
 else:
+    ordered = usable
     fractions = ordered["removable fraction"].tolist()
     holds5 = all(b >= a for a, b in zip(fractions, fractions[1:])) and fractions[-1] > fractions[0]
     listing = ", ".join(f"{m} {f:.0%}" for m, f in zip(ordered["model"], fractions))

@@ -46,7 +46,7 @@ import torch
 from myst_nb import glue
 
 from speechllm_redundancy import plots
-from speechllm_redundancy.book import glue_verdict
+from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import cached_json, key_of
 from speechllm_redundancy.efficiency import measure_efficiency
 from speechllm_redundancy.paths import artifact_path
@@ -111,7 +111,7 @@ glue("ch5_mem_pruned", mem_pruned, display=False)
 # %%
 settings = dict(speech_llms=speech_llms, pruned_fractions=pruned_fractions, repeats=repeats, device=device,
                 seed=seed)
-pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
+settings_table(settings)
 
 # %% [markdown]
 # ## Verdict

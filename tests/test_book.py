@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import json
 import logging
 import os
 import shutil
-import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -20,11 +16,6 @@ import yaml
 from speechllm_redundancy import book
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import REPO_ROOT
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 def write_profile(tmp_path: Path, **overrides) -> Path:
     raw = yaml.safe_load((REPO_ROOT / "profiles" / "smoke.yaml").read_text())
@@ -217,90 +208,44 @@ def test_rendered_book_has_every_page_and_local_mathjax(smoke_book):
 
 
 # --------------------------------------------------------------------------------------- headless browser
-def _image_outputs(notebook: Path) -> int:
-    nb = json.loads(notebook.read_text())
-    return sum(1 for cell in nb["cells"] for out in cell.get("outputs", [])
-               if any(m.startswith("image/") for m in out.get("data", {})))
+def _needs_chromium():
+    from speechllm_redundancy.book_check import CHROMIUM
 
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
-@pytest.fixture(scope="module")
-def served_book(smoke_book):
-    """The built HTML on 127.0.0.1:<random port>; records every request's path and status."""
-    log: list[tuple[str, int]] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_request(self, code="-", size="-"):
-            log.append((self.path, int(code) if str(code).isdigit() else 0))
-
-        def log_message(self, *args):  # quiet
-            pass
-
-    server = _Server(("127.0.0.1", 0), functools.partial(Handler, directory=str(smoke_book["html"])))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", log
-    finally:
-        server.shutdown()
-        server.server_close()
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (/usr/bin/chromium): `apt-get install chromium`")
 
 
 @pytest.mark.browser
-def test_every_page_renders_in_headless_chromium_offline(smoke_book, served_book, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (/usr/bin/chromium): `apt-get install chromium`")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright (Python) is not installed: it is in requirements.lock; run `make setup`")
-    base, server_log = served_book
-    html = smoke_book["html"]
-    pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html") if "_static" not in p.parts)
-    outside, failed, bad_status = [], [], []
+def test_every_page_renders_in_headless_chromium_offline(smoke_book, capsys):
+    """What `make book` ends with (`book verify`): every page, its figures, MathJax, the verdicts."""
+    _needs_chromium()
+    book.verify_rendered(smoke_book["profile"])
+    assert "pages load in headless Chromium" in capsys.readouterr().out
 
-    def route(r):
-        url = urlparse(r.request.url)
-        if url.scheme in ("http", "https", "ws", "wss") and url.hostname != "127.0.0.1":
-            outside.append(r.request.url)
-            return r.abort()
-        return r.continue_()
 
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            context.route("**/*", route)
-            page = context.new_page()
-            page.on("requestfailed", lambda r: failed.append(f"{r.url} ({r.failure})"))
-            page.on("response", lambda r: r.status >= 400 and bad_status.append(f"{r.url} {r.status}"))
-            for rel in pages:
-                page.goto(f"{base}/{rel}", wait_until="networkidle")
-                assert page.title().strip(), f"{rel}: no title"
-                body = page.locator("body").inner_text()
-                assert len(body.strip()) > 100, f"{rel}: empty body"
-                if rel.startswith("notebooks/"):
-                    want = _image_outputs(book.executed_path(smoke_book["profile"], Path(rel).stem))
-                    imgs = page.locator("article img, main img")
-                    loaded = [imgs.nth(i).evaluate("i => i.complete && i.naturalWidth > 0")
-                              for i in range(imgs.count())]
-                    assert sum(loaded) >= want, f"{rel}: {sum(loaded)} figures shown, the notebook has {want}"
-                scripts = page.locator("script[src]").evaluate_all("s => s.map(e => e.src)")
-                assert len([u for u in scripts if "/mathjax/" in u]) <= 1, f"{rel}: MathJax parts as scripts"
-                if rel == "book/method.html":  # MathJax (served locally) typeset the formulas
-                    page.wait_for_selector("mjx-container", timeout=15000)
-                    assert page.locator("mjx-container").count() >= 5
-                if rel == "book/results.html":  # every claim's verdict glued in from its chapter
-                    rows = page.locator("table").first.locator("tbody tr")
-                    verdicts = [rows.nth(i).locator("td").last.inner_text().strip() for i in range(rows.count())]
-                    assert len(verdicts) == 7 and all(verdicts), verdicts
-        finally:
-            context.close()
-    problems = {"requests to outside 127.0.0.1": outside, "failed requests": failed,
-                "HTTP errors": bad_status,
-                "served with an error": [entry for entry in server_log if entry[1] >= 400]}
-    assert not any(problems.values()), {k: v for k, v in problems.items() if v}
-    assert len(server_log) > len(pages)  # pages and their assets were all served here
+@pytest.mark.browser
+def test_browser_check_reports_outside_requests_missing_assets_and_figures(tmp_path):
+    """The check is not a formality: a page that reaches outside, misses an asset and shows fewer figures
+    than its notebook has fails it, each problem named."""
+    from speechllm_redundancy.book_check import check_rendered
+
+    _needs_chromium()
+    html = tmp_path / "html"
+    (html / "notebooks").mkdir(parents=True)
+    text = "<p>" + "words " * 40 + "</p>"
+    (html / "index.html").write_text(f"<html><head><title>t</title></head><body>{text}"
+                                     '<img src="https://example.com/x.png"><img src="missing.png"></body></html>')
+    (html / "notebooks" / "ch.html").write_text(f"<html><head><title>c</title></head><body><main>{text}"
+                                                "</main></body></html>")
+    notebook = tmp_path / "ch.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"outputs": [{"data": {"image/png": "AAAA"}}]}]}))
+    problems = check_rendered(html, {"ch": notebook})
+    assert problems["requests to outside 127.0.0.1"] == ["https://example.com/x.png"]
+    assert any("missing.png" in path for path, status in problems["served with an error"])
+    assert problems["pages"] == ["notebooks/ch.html: 0 figures shown, the notebook has 1"]
+
+
+def test_verify_without_a_rendered_book_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path))
+    with pytest.raises(UserError, match="make html PROFILE=smoke"):
+        book.verify_rendered(book.load_profile("smoke"))

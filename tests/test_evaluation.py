@@ -61,3 +61,17 @@ def test_removable_fraction_ast_higher_is_better():
 def test_removable_fraction_needs_baseline():
     with pytest.raises(UserError, match="baseline"):
         removable_fraction({1: {"a": 1.0}}, 10)
+
+
+def test_a_baseline_no_better_than_an_empty_output_is_flagged():
+    """The threshold is what an empty output really scores, so the check is about the metric, not a taste."""
+    from speechllm_redundancy.evaluation import bleu, describe_unusable, no_better_than_empty, wer
+
+    refs = ["the cat sat on the mat", "a dog"]
+    empty_wer, empty_bleu = wer(refs, ["", ""]), bleu(refs, ["", ""])
+    assert no_better_than_empty({"a": empty_wer, "b": 99.0, "c": 140.0}) == {"a": empty_wer, "c": 140.0}
+    assert no_better_than_empty({"x": empty_bleu, "y": 3.2}, "ast-en-de") == {"x": empty_bleu}
+    text = describe_unusable("smollm2-135m", {"test-clean": 104.37})
+    assert "test-clean 104.4 %" in text and "empty output (100 %)" in text
+    with pytest.raises(UserError, match="unknown task"):
+        no_better_than_empty({"a": 1.0}, "tts")

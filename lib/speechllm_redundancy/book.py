@@ -339,6 +339,21 @@ def toc_chapters() -> list[str]:
     return found
 
 
+def book_dir(profile: Profile) -> Path:
+    """Where the book of ``profile`` is staged; its HTML is in ``_build/html`` below."""
+    return artifacts_dir() / "book" / profile.name
+
+
+def verify_rendered(profile: Profile) -> None:
+    """Open the rendered book of ``profile`` in headless Chromium (see book_check); raises if any page fails."""
+    from speechllm_redundancy.book_check import verify
+
+    html = book_dir(profile) / "_build" / "html"
+    if not (html / "index.html").exists():
+        raise UserError(f"no rendered book in {html}: run `make html PROFILE={profile.name}` first")
+    verify(html, {stem: executed_path(profile, stem) for stem in toc_chapters()})
+
+
 def stage_book(profile: Profile) -> Path:
     """Lay out the book's sources for `profile` in artifacts/book/<profile>/ (replacing what was there)."""
     missing = [s for s in toc_chapters() if not executed_path(profile, s).exists()]
@@ -350,7 +365,7 @@ def stage_book(profile: Profile) -> Path:
         if not is_fresh(profile, stem):
             print(f"note: {stem} was executed before its source or profile last changed; "
                   f"`make notebooks PROFILE={profile.name}` brings it up to date", file=sys.stderr)
-    stage = artifacts_dir() / "book" / profile.name
+    stage = book_dir(profile)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
@@ -389,6 +404,13 @@ class Verdict(str):
         return str(self)
 
 
+def settings_table(settings: dict[str, Any]):
+    """The "This run" table each chapter ends with: every setting it ran with, values as text."""
+    import pandas as pd
+
+    return pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
+
+
 def glue_verdict(claim: int, verdict: str) -> None:
     """Publish a chapter's verdict on one of the paper's claims; the results summary page pastes it."""
     from myst_nb import glue
@@ -413,6 +435,10 @@ def register(subparsers) -> None:
     render_cmd = with_profile(sub.add_parser("render", help="build the HTML into artifacts/book/<profile>/"))
     render_cmd.set_defaults(func=_render)
 
+    verify_cmd = with_profile(sub.add_parser("verify", help="open every rendered page in headless Chromium, "
+                                                         "offline: figures shown, nothing fetched from outside"))
+    verify_cmd.set_defaults(func=_verify)
+
     check = with_profile(sub.add_parser("check", help="check a profile against the notebooks; runs nothing"))
     check.set_defaults(func=_check)
 
@@ -428,6 +454,11 @@ def _run(args) -> int:
 
 def _render(args) -> int:
     render(load_profile(args.profile))
+    return 0
+
+
+def _verify(args) -> int:
+    verify_rendered(load_profile(args.profile))
     return 0
 
 

@@ -15,6 +15,10 @@ from speechllm_redundancy.errors import UserError
 ASR_THRESHOLD = 0.25
 AST_THRESHOLD = -0.10
 
+# What an empty output scores: WER 100 % (every reference word deleted), BLEU 0. A model that does no better
+# on a set does not recognise (translate) it, and a relative change from its score says nothing of pruning.
+EMPTY_OUTPUT_SCORE = {"asr": 100.0, "ast": 0.0}
+
 _NORMALIZER = None
 
 
@@ -131,6 +135,26 @@ def removable_fraction(
     if num_layers <= 0:
         raise UserError(f"num_layers must be positive, got {num_layers}.")
     return removable_layers(points, threshold, higher_is_better) / num_layers
+
+
+def no_better_than_empty(scores: Mapping[str, float], task: str = "asr") -> dict[str, float]:
+    """The sets (with their scores) on which a model does no better than an empty output — WER ≥ 100 % for
+    ASR, BLEU ≤ 0 for AST (``task`` "asr" or "ast-…"). A pruning claim cannot be tested from such a baseline:
+    the chapters say so instead of issuing a verdict."""
+    if task == "asr":
+        return {name: s for name, s in scores.items() if s >= EMPTY_OUTPUT_SCORE["asr"]}
+    if task.startswith("ast"):
+        return {name: s for name, s in scores.items() if s <= EMPTY_OUTPUT_SCORE["ast"]}
+    raise UserError(f"unknown task {task!r}: use asr or ast-<src>-<tgt>.")
+
+
+def describe_unusable(model: str, bad: Mapping[str, float], task: str = "asr") -> str:
+    """One sentence for a verdict: which sets a model fails at before any pruning, and why that matters."""
+    metric, empty = ("WER", "100 %") if task == "asr" else ("BLEU", "0")
+    unit = " %" if task == "asr" else ""
+    listing = ", ".join(f"{name} {s:.1f}{unit}" for name, s in bad.items())
+    return (f"{model} unpruned scores {metric} {listing}, no better than an empty output ({empty}), so its "
+            "relative change under pruning is not evidence (train it longer: train_steps)")
 
 
 def score(task: str, refs: Sequence[str], hyps: Sequence[str]) -> tuple[str, float]:

@@ -137,6 +137,12 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
     return frame
 
 
+def baseline_scores(frame: pd.DataFrame) -> dict[str, float]:
+    """The unpruned model's score on each set of a walk (its n = 0 rows)."""
+    base = frame[frame.n == 0]
+    return {str(name): float(s) for name, s in zip(base.set, base.score)}
+
+
 def removable(frame: pd.DataFrame, num_layers: int, task: str = "asr") -> float:
     """Largest n/L acceptable on every set at once (ASR: ΔWER ≤ +25 %; AST: ΔBLEU ≥ −10 %)."""
     points = {int(n): dict(zip(g.set, g.score)) for n, g in frame.groupby("n")}
