@@ -64,7 +64,7 @@ from speechllm_redundancy import angles, plots, sweep
 from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus, read_manifest
-from speechllm_redundancy.evaluation import describe_unusable, no_better_than_empty
+from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
 from speechllm_redundancy.training import trained_slam
@@ -207,6 +207,7 @@ tolerance_rows = []
 if lora_llms and (pruned_fractions is None or len(pruned_fractions) > 0):
     eval_sets = [s for s in ("test-clean", "test-other", "dev-ood") if s in manifests]
     evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit, max_new_tokens=max_new_tokens)
+    chance = sweep.chance_scores(manifests, eval_sets, "asr", eval_limit)
     for name in lora_llms:
         for variant, with_lora in (("frozen", False), ("LoRA", True)):
             slam, run = speech_model(name, with_lora)
@@ -219,7 +220,7 @@ if lora_llms and (pruned_fractions is None or len(pruned_fractions) > 0):
             tolerance_rows.append({"decoder": name, "decoder training": variant, "layers": num_layers,
                                    **{f"WER {s} (%)": base[s] for s in eval_sets},
                                    "removable fraction": sweep.removable(walk, num_layers, "asr"),
-                                   "unusable": no_better_than_empty(base, "asr")})
+                                   "unusable": no_better_than_chance(base, chance, "asr")})
 tolerance = pd.DataFrame(tolerance_rows)
 if not tolerance.empty:
     display(tolerance.drop(columns="unusable").set_index(["decoder", "decoder training"]).style.format(
@@ -247,8 +248,8 @@ settings_table(settings)
 # least 80 % of block sizes and the mean $|\Delta D|$ is below 0.05; claim 3 when both shares above are at
 # least two thirds. Claim 2 holds when, for every decoder of `lora_llms`, LoRA lowers the mean distance of
 # the blocks on the optimal path and its removable fraction (no healing) is not larger than the frozen
-# decoder's; the second half is not testable when an unpruned model does no better than an empty
-# transcript (WER ≥ 100 %) on some set.
+# decoder's; the second half is not testable when an unpruned model does no better on some set than
+# chance (`evaluation.chance_score`: each reference scored against another utterance's).
 
 # %%
 holds1 = agreement >= 0.8 and mean_delta < 0.05

@@ -65,7 +65,7 @@ from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus, read_manifest
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.evaluation import describe_unusable, no_better_than_empty
+from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
 from speechllm_redundancy.healing import STRATEGIES
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
@@ -172,11 +172,13 @@ settings_table(settings)
 # path it holds here when all four parts do: the worst relative WER change without healing exceeds +50 %;
 # decoder healing lowers the mean relative change below no healing; healing both gives the lowest mean of
 # all strategies; and projector healing's mean is within 5 points (or a fifth of no healing's, whichever is
-# larger) of no healing's. It is not testable when the unpruned model does no better than an empty
-# transcript (WER ≥ 100 %) on some set: relative changes from such a baseline say nothing of pruning.
+# larger) of no healing's. It is not testable when the unpruned model does no better on some set than
+# chance (`evaluation.chance_score`: each reference scored against another utterance's): relative changes
+# from such a baseline say nothing of pruning.
 
 # %%
-unusable = no_better_than_empty(sweep.baseline_scores(walks[walks.path == "speech-derived"]), "asr")
+unusable = no_better_than_chance(sweep.baseline_scores(walks[walks.path == "speech-derived"]),
+                                 sweep.chance_scores(manifests, eval_sets, "asr", eval_limit), "asr")
 mean = speech["mean relative WER change"]
 parts = {
     "sharp without healing": speech.loc["none", "worst relative WER change"] > 0.5,

@@ -57,7 +57,7 @@ from speechllm_redundancy import plots, sweep
 from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus
-from speechllm_redundancy.evaluation import describe_unusable, no_better_than_empty
+from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
 from speechllm_redundancy.training import trained_slam
@@ -66,6 +66,7 @@ torch.manual_seed(seed)
 manifests = build_corpus(corpus)
 eval_sets = [s for s in ("test-clean", "test-other", "dev-ood") if s in manifests]
 evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit, max_new_tokens=max_new_tokens)
+chance = sweep.chance_scores(manifests, eval_sets, "asr", eval_limit)
 walks, summary = {}, []
 for llm in speech_llms:
     slam, run = trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
@@ -81,7 +82,7 @@ for llm in speech_llms:
     summary.append({"model": llm, "layers": num_layers,
                     "parameters (M)": sum(p.numel() for p in slam.llm.parameters()) / 1e6,
                     "removable fraction": fraction, "layers removable": round(fraction * num_layers),
-                    "unusable": no_better_than_empty(sweep.baseline_scores(walk), "asr")})
+                    "unusable": no_better_than_chance(sweep.baseline_scores(walk), chance, "asr")})
 summary = pd.DataFrame(summary)
 
 # %% [markdown]
@@ -139,8 +140,8 @@ settings_table(settings)
 #
 # Claim 5 of the paper: larger decoders tolerate more pruning. Here (no healing) it holds when the removable
 # fraction never decreases with decoder size and the largest decoder tolerates more than the smallest,
-# among the decoders whose unpruned model does better than an empty transcript (WER < 100 %) on every set;
-# with fewer than two of those it is not testable.
+# among the decoders whose unpruned model does better than chance (`evaluation.chance_score`: each reference
+# scored against another utterance's) on every set; with fewer than two of those it is not testable.
 
 # %%
 usable = ordered[[not bad for bad in ordered["unusable"]]]

@@ -70,7 +70,7 @@ from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import build_corpus
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.evaluation import AST_THRESHOLD, describe_unusable, no_better_than_empty
+from speechllm_redundancy.evaluation import AST_THRESHOLD, describe_unusable, no_better_than_chance
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
 from speechllm_redundancy.training import TrainConfig, trained_slam
@@ -203,15 +203,18 @@ settings_table(settings)
 # Claim 6 of the paper: the ASR-derived path applied to translation gives nearly the same BLEU as the
 # AST-derived path. Here it holds when, for every decoder and direction, both paths allow the same
 # removable fraction and their BLEU differs at every level by at most 2 % of the unpruned BLEU (a fifth of
-# the −10 % acceptance margin). A direction whose unpruned BLEU is 0 (what an empty translation scores)
-# cannot tell the paths apart: the claim is then not testable.
+# the −10 % acceptance margin). A direction whose unpruned BLEU is no better than chance
+# (`evaluation.chance_score`: each reference scored against another sentence's) cannot tell the paths
+# apart: the claim is then not testable.
 
 # %%
 TOLERANCE = 0.02  # largest BLEU gap between the paths, relative to the unpruned BLEU
 unusable = []
 for _, r in summary.iterrows():
     task = f"ast-{r['direction']}"
-    if bad := no_better_than_empty({f"{r['direction']}-test": r["baseline BLEU"]}, task):
+    test_split = f"{r['direction']}-test"
+    chance = sweep.chance_scores(manifests, [test_split], task, eval_limit)
+    if bad := no_better_than_chance({test_split: r["baseline BLEU"]}, chance, task):
         unusable.append(describe_unusable(r["model"], bad, task))
 if unusable:
     glue_verdict(6, f"not testable at this scale: {'; '.join(unusable)}")

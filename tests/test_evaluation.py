@@ -63,15 +63,21 @@ def test_removable_fraction_needs_baseline():
         removable_fraction({1: {"a": 1.0}}, 10)
 
 
-def test_a_baseline_no_better_than_an_empty_output_is_flagged():
-    """The threshold is what an empty output really scores, so the check is about the metric, not a taste."""
-    from speechllm_redundancy.evaluation import bleu, describe_unusable, no_better_than_empty, wer
+def test_chance_level_is_a_perfect_answer_for_another_utterance():
+    """The floor a baseline must beat: unrelated sentences share words, so chance WER is below 100 % and
+    chance BLEU above 0; a model at or past it is flagged, one better than it is not."""
+    from speechllm_redundancy.evaluation import bleu, chance_score, describe_unusable, no_better_than_chance, wer
 
-    refs = ["the cat sat on the mat", "a dog"]
-    empty_wer, empty_bleu = wer(refs, ["", ""]), bleu(refs, ["", ""])
-    assert no_better_than_empty({"a": empty_wer, "b": 99.0, "c": 140.0}) == {"a": empty_wer, "c": 140.0}
-    assert no_better_than_empty({"x": empty_bleu, "y": 3.2}, "ast-en-de") == {"x": empty_bleu}
-    text = describe_unusable("smollm2-135m", {"test-clean": 104.37})
-    assert "test-clean 104.4 %" in text and "empty output (100 %)" in text
-    with pytest.raises(UserError, match="unknown task"):
-        no_better_than_empty({"a": 1.0}, "tts")
+    refs = ["the cat sat on the mat", "the dog ran to the park", "a bird sang in the tree"]
+    chance = chance_score(refs)
+    assert chance == pytest.approx(wer(refs, refs[1:] + refs[:1])) and 50 < chance < 100
+    assert no_better_than_chance({"a": chance, "b": 40.0, "c": 120.0}, {"a": chance, "b": chance, "c": chance}) \
+        == {"a": (chance, chance), "c": (120.0, chance)}
+    chance_bleu = chance_score(refs, "ast-en-de")
+    assert chance_bleu == pytest.approx(bleu(refs, refs[1:] + refs[:1])) and chance_bleu > 0
+    assert no_better_than_chance({"x": 0.1, "y": 30.0}, {"x": chance_bleu, "y": chance_bleu}, "ast-en-de") == \
+        {"x": (0.1, chance_bleu)}
+    text = describe_unusable("smollm2-135m", {"test-clean": (104.37, 93.0)})
+    assert "test-clean 104.4 % (chance 93.0 %)" in text
+    with pytest.raises(UserError, match="at least two"):
+        chance_score(["one"])

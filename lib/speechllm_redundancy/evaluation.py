@@ -15,10 +15,6 @@ from speechllm_redundancy.errors import UserError
 ASR_THRESHOLD = 0.25
 AST_THRESHOLD = -0.10
 
-# What an empty output scores: WER 100 % (every reference word deleted), BLEU 0. A model that does no better
-# on a set does not recognise (translate) it, and a relative change from its score says nothing of pruning.
-EMPTY_OUTPUT_SCORE = {"asr": 100.0, "ast": 0.0}
-
 _NORMALIZER = None
 
 
@@ -137,23 +133,30 @@ def removable_fraction(
     return removable_layers(points, threshold, higher_is_better) / num_layers
 
 
-def no_better_than_empty(scores: Mapping[str, float], task: str = "asr") -> dict[str, float]:
-    """The sets (with their scores) on which a model does no better than an empty output — WER ≥ 100 % for
-    ASR, BLEU ≤ 0 for AST (``task`` "asr" or "ast-…"). A pruning claim cannot be tested from such a baseline:
-    the chapters say so instead of issuing a verdict."""
-    if task == "asr":
-        return {name: s for name, s in scores.items() if s >= EMPTY_OUTPUT_SCORE["asr"]}
-    if task.startswith("ast"):
-        return {name: s for name, s in scores.items() if s <= EMPTY_OUTPUT_SCORE["ast"]}
-    raise UserError(f"unknown task {task!r}: use asr or ast-<src>-<tgt>.")
+def chance_score(refs: Sequence[str], task: str = "asr") -> float:
+    """What a model scores that outputs a perfect answer for the *wrong* utterance: each reference scored
+    against the next one's (rotated by one). Word overlap between unrelated sentences (function words,
+    a corpus's recurring names) puts it below WER 100 % and above BLEU 0; a model that does no better is not
+    recognising (translating) the speech, and a relative change from its score says nothing of pruning."""
+    refs = list(refs)
+    if len(refs) < 2:
+        raise UserError("chance level needs at least two references (each is scored against another).")
+    return score(task, refs, refs[1:] + refs[:1])[1]
 
 
-def describe_unusable(model: str, bad: Mapping[str, float], task: str = "asr") -> str:
-    """One sentence for a verdict: which sets a model fails at before any pruning, and why that matters."""
-    metric, empty = ("WER", "100 %") if task == "asr" else ("BLEU", "0")
-    unit = " %" if task == "asr" else ""
-    listing = ", ".join(f"{name} {s:.1f}{unit}" for name, s in bad.items())
-    return (f"{model} unpruned scores {metric} {listing}, no better than an empty output ({empty}), so its "
+def no_better_than_chance(scores: Mapping[str, float], chance: Mapping[str, float],
+                          task: str = "asr") -> dict[str, tuple[float, float]]:
+    """The sets on which a model does no better than chance (``chance_score``): {set: (score, chance)}.
+    A pruning claim cannot be tested from such a baseline: the chapters say so instead of a verdict."""
+    worse = (lambda s, c: s >= c) if task == "asr" else (lambda s, c: s <= c)
+    return {name: (s, chance[name]) for name, s in scores.items() if worse(s, chance[name])}
+
+
+def describe_unusable(model: str, bad: Mapping[str, tuple[float, float]], task: str = "asr") -> str:
+    """One sentence for a verdict: on which sets a model is at chance before any pruning, and why it matters."""
+    metric, unit = ("WER", " %") if task == "asr" else ("BLEU", "")
+    listing = ", ".join(f"{name} {s:.1f}{unit} (chance {c:.1f}{unit})" for name, (s, c) in bad.items())
+    return (f"{model} unpruned scores {metric} {listing}, no better than answering another utterance, so its "
             "relative change under pruning is not evidence (train it longer: train_steps)")
 
 

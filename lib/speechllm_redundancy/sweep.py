@@ -137,6 +137,17 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
     return frame
 
 
+def chance_scores(manifests: Mapping[str, str | os.PathLike], eval_sets: Sequence[str], task: str = "asr",
+                  limit: int | None = None) -> dict[str, float]:
+    """``evaluation.chance_score`` of each set's first ``limit`` references (those the walks decode)."""
+    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.evaluation import chance_score
+
+    refs = {name: [u.text if task == "asr" else u.translation for u in read_manifest(manifests[name])[: limit or None]]
+            for name in eval_sets}
+    return {name: chance_score(r, task) for name, r in refs.items()}
+
+
 def baseline_scores(frame: pd.DataFrame) -> dict[str, float]:
     """The unpruned model's score on each set of a walk (its n = 0 rows)."""
     base = frame[frame.n == 0]
