@@ -249,7 +249,7 @@ settings_table(settings)
 # least two thirds. Claim 2 holds when, for every decoder of `lora_llms`, LoRA lowers the mean distance of
 # the blocks on the optimal path and its removable fraction (no healing) is not larger than the frozen
 # decoder's; the second half is not testable when an unpruned model does no better on some set than
-# chance (`evaluation.chance_score`: each reference scored against another utterance's).
+# chance (`evaluation.chance_score`: the better of an empty output and another utterance's reference).
 
 # %%
 holds1 = agreement >= 0.8 and mean_delta < 0.05

@@ -173,8 +173,8 @@ settings_table(settings)
 # decoder healing lowers the mean relative change below no healing; healing both gives the lowest mean of
 # all strategies; and projector healing's mean is within 5 points (or a fifth of no healing's, whichever is
 # larger) of no healing's. It is not testable when the unpruned model does no better on some set than
-# chance (`evaluation.chance_score`: each reference scored against another utterance's): relative changes
-# from such a baseline say nothing of pruning.
+# chance (`evaluation.chance_score`: the better of an empty output and another utterance's reference):
+# relative changes from such a baseline say nothing of pruning.
 
 # %%
 unusable = no_better_than_chance(sweep.baseline_scores(walks[walks.path == "speech-derived"]),

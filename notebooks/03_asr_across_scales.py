@@ -140,8 +140,9 @@ settings_table(settings)
 #
 # Claim 5 of the paper: larger decoders tolerate more pruning. Here (no healing) it holds when the removable
 # fraction never decreases with decoder size and the largest decoder tolerates more than the smallest,
-# among the decoders whose unpruned model does better than chance (`evaluation.chance_score`: each reference
-# scored against another utterance's) on every set; with fewer than two of those it is not testable.
+# among the decoders whose unpruned model does better than chance (`evaluation.chance_score`: the better
+# of an empty output and another utterance's reference) on every set; with fewer than two of those it is
+# not testable.
 
 # %%
 usable = ordered[[not bad for bad in ordered["unusable"]]]

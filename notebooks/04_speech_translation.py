@@ -204,8 +204,8 @@ settings_table(settings)
 # AST-derived path. Here it holds when, for every decoder and direction, both paths allow the same
 # removable fraction and their BLEU differs at every level by at most 2 % of the unpruned BLEU (a fifth of
 # the −10 % acceptance margin). A direction whose unpruned BLEU is no better than chance
-# (`evaluation.chance_score`: each reference scored against another sentence's) cannot tell the paths
-# apart: the claim is then not testable.
+# (`evaluation.chance_score`: the better of an empty output and another sentence's reference) cannot tell
+# the paths apart: the claim is then not testable.
 
 # %%
 TOLERANCE = 0.02  # largest BLEU gap between the paths, relative to the unpruned BLEU

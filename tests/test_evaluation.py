@@ -64,13 +64,15 @@ def test_removable_fraction_needs_baseline():
 
 
 def test_chance_level_is_a_perfect_answer_for_another_utterance():
-    """The floor a baseline must beat: unrelated sentences share words, so chance WER is below 100 % and
-    chance BLEU above 0; a model at or past it is flagged, one better than it is not."""
+    """The floor a baseline must beat: the better of an empty output and another utterance's reference; a
+    model at or past it is flagged, one better than it is not."""
     from speechllm_redundancy.evaluation import bleu, chance_score, describe_unusable, no_better_than_chance, wer
 
     refs = ["the cat sat on the mat", "the dog ran to the park", "a bird sang in the tree"]
     chance = chance_score(refs)
     assert chance == pytest.approx(wer(refs, refs[1:] + refs[:1])) and 50 < chance < 100
+    # another utterance's words cost more than saying nothing when lengths differ: the empty output wins
+    assert chance_score(["one two", "three four five six seven eight"]) == 100.0
     assert no_better_than_chance({"a": chance, "b": 40.0, "c": 120.0}, {"a": chance, "b": chance, "c": chance}) \
         == {"a": (chance, chance), "c": (120.0, chance)}
     chance_bleu = chance_score(refs, "ast-en-de")

@@ -134,14 +134,16 @@ def removable_fraction(
 
 
 def chance_score(refs: Sequence[str], task: str = "asr") -> float:
-    """What a model scores that outputs a perfect answer for the *wrong* utterance: each reference scored
-    against the next one's (rotated by one). Word overlap between unrelated sentences (function words,
-    a corpus's recurring names) puts it below WER 100 % and above BLEU 0; a model that does no better is not
-    recognising (translating) the speech, and a relative change from its score says nothing of pruning."""
+    """The best score of an answer that ignores the speech: an empty output (WER 100 %, BLEU 0) or a perfect
+    answer for the *wrong* utterance (each reference scored against the next one's). Unrelated sentences
+    share words, so the second gets BLEU above 0 — though, sentence lengths differing, usually WER above
+    100 %. A model that does no better is not recognising (translating) the speech, and a relative change
+    from its score says nothing of pruning."""
     refs = list(refs)
     if len(refs) < 2:
         raise UserError("chance level needs at least two references (each is scored against another).")
-    return score(task, refs, refs[1:] + refs[:1])[1]
+    other = score(task, refs, refs[1:] + refs[:1])[1]
+    return min(100.0, other) if task == "asr" else max(0.0, other)
 
 
 def no_better_than_chance(scores: Mapping[str, float], chance: Mapping[str, float],
