@@ -158,8 +158,8 @@ def describe_unusable(model: str, bad: Mapping[str, tuple[float, float]], task: 
     """One sentence for a verdict: on which sets a model is at chance before any pruning, and why it matters."""
     metric, unit = ("WER", " %") if task == "asr" else ("BLEU", "")
     listing = ", ".join(f"{name} {s:.1f}{unit} (chance {c:.1f}{unit})" for name, (s, c) in bad.items())
-    return (f"{model} unpruned scores {metric} {listing}, no better than answering another utterance, so its "
-            "relative change under pruning is not evidence (train it longer: train_steps)")
+    return (f"{model} unpruned scores {metric} {listing}, no better than an answer that ignores the speech, so "
+            "its relative change under pruning is not evidence (train it longer: train_steps)")
 
 
 def score(task: str, refs: Sequence[str], hyps: Sequence[str]) -> tuple[str, float]:
