@@ -197,6 +197,21 @@ def test_second_run_skips_up_to_date_chapters(smoke_book, capsys):
     assert [p.stat().st_mtime for p in smoke_book["executed"]] == mtimes
 
 
+def test_a_library_edit_makes_executed_chapters_stale(smoke_book, tmp_path, monkeypatch):
+    """A chapter executed before the library changed may state what the code no longer computes."""
+    stem = book.chapter_stems()[0]
+    library = tmp_path / "lib"
+    library.mkdir()
+    module = library / "module.py"
+    module.write_text("")
+    executed = book.executed_path(smoke_book["profile"], stem).stat().st_mtime
+    monkeypatch.setattr(book, "LIBRARY_DIR", library)
+    os.utime(module, (executed - 60, executed - 60))
+    assert book.is_fresh(smoke_book["profile"], stem)
+    os.utime(module, (executed + 60, executed + 60))
+    assert not book.is_fresh(smoke_book["profile"], stem)
+
+
 def test_rendered_book_has_every_page_and_local_mathjax(smoke_book):
     html = smoke_book["html"]
     for page in ("book/intro", "book/data", "book/method", "book/results", "book/paper_scale",

@@ -30,6 +30,7 @@ from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import REPO_ROOT, artifacts_dir
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+LIBRARY_DIR = Path(__file__).resolve().parent
 PROFILES_DIR = REPO_ROOT / "profiles"
 PAGES_DIR = REPO_ROOT / "book"
 KERNEL_NAME = "speechllm-redundancy"
@@ -218,13 +219,20 @@ def executed_path(profile: Profile, stem: str) -> Path:
     return artifacts_dir() / "executed" / profile.name / f"{stem}.ipynb"
 
 
+def library_mtime() -> float:
+    """When the library was last edited: a chapter executed before that may say what the code no longer does
+    (a verdict's wording, a chance level), so it is re-run — cheaply, its models and points being cached."""
+    return max(p.stat().st_mtime for p in LIBRARY_DIR.rglob("*.py"))
+
+
 def is_fresh(profile: Profile, stem: str) -> bool:
-    """Executed after the last edit of its source and profile, with the parameters the profile gives now."""
+    """Executed after the last edit of its source, its profile and the library, with the parameters the
+    profile gives now."""
     out = executed_path(profile, stem)
     if not out.exists():
         return False
     source = NOTEBOOKS_DIR / f"{stem}.py"
-    if out.stat().st_mtime < max(source.stat().st_mtime, profile.path.stat().st_mtime):
+    if out.stat().st_mtime < max(source.stat().st_mtime, profile.path.stat().st_mtime, library_mtime()):
         return False
     try:
         ran_with = json.loads(out.read_text())["metadata"]["papermill"]["parameters"]
@@ -363,7 +371,7 @@ def stage_book(profile: Profile) -> Path:
                         f"--profile {profile.path}) first")
     for stem in toc_chapters():
         if not is_fresh(profile, stem):
-            print(f"note: {stem} was executed before its source or profile last changed; "
+            print(f"note: {stem} was executed before its source, profile or the library last changed; "
                   f"`make notebooks PROFILE={profile.name}` brings it up to date", file=sys.stderr)
     stage = book_dir(profile)
     shutil.rmtree(stage, ignore_errors=True)
