@@ -209,12 +209,11 @@ settings_table(settings)
 
 # %%
 TOLERANCE = 0.02  # largest BLEU gap between the paths, relative to the unpruned BLEU
+chance = {d: sweep.chance_scores(manifests, [f"{d}-test"], f"ast-{d}", eval_limit) for d in directions}
 unusable = []
 for _, r in summary.iterrows():
-    task = f"ast-{r['direction']}"
-    test_split = f"{r['direction']}-test"
-    chance = sweep.chance_scores(manifests, [test_split], task, eval_limit)
-    if bad := no_better_than_chance({test_split: r["baseline BLEU"]}, chance, task):
+    task, test_split = f"ast-{r['direction']}", f"{r['direction']}-test"
+    if bad := no_better_than_chance({test_split: r["baseline BLEU"]}, chance[r["direction"]], task):
         unusable.append(describe_unusable(r["model"], bad, task))
 if unusable:
     glue_verdict(6, f"not testable at this scale: {'; '.join(unusable)}")

@@ -131,8 +131,8 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         rows += [{"n": n, "start": point["start"], "fraction": n / num_layers, "set": name, "score": s}
                  for name, s in point["scores"].items()]
     frame = pd.DataFrame(rows)
-    base = frame[frame.n == 0].set_index("set")["score"]
-    frame["delta"] = [relative_change(s, base[name]) for s, name in zip(frame.score, frame.set)]
+    base = baseline_scores(frame)
+    frame["delta"] = [relative_change(s, base[str(name)]) for s, name in zip(frame.score, frame.set)]
     frame["strategy"] = strategy
     return frame
 
