@@ -75,6 +75,8 @@ def test_chance_level_is_a_perfect_answer_for_another_utterance():
     assert chance_score(["one two", "three four five six seven eight"]) == 100.0
     assert no_better_than_chance({"a": chance, "b": 40.0, "c": 120.0}, {"a": chance, "b": chance, "c": chance}) \
         == {"a": (chance, chance), "c": (120.0, chance)}
+    # listed in the chance levels' order (the evaluation sets as given), whatever order the scores came in
+    assert list(no_better_than_chance({"c": 120.0, "a": chance}, {"a": chance, "c": chance})) == ["a", "c"]
     chance_bleu = chance_score(refs, "ast-en-de")
     assert chance_bleu == pytest.approx(bleu(refs, refs[1:] + refs[:1])) and chance_bleu > 0
     assert no_better_than_chance({"x": 0.1, "y": 30.0}, {"x": chance_bleu, "y": chance_bleu}, "ast-en-de") == \

@@ -148,10 +148,12 @@ def chance_score(refs: Sequence[str], task: str = "asr") -> float:
 
 def no_better_than_chance(scores: Mapping[str, float], chance: Mapping[str, float],
                           task: str = "asr") -> dict[str, tuple[float, float]]:
-    """The sets on which a model does no better than chance (``chance_score``): {set: (score, chance)}.
+    """The sets on which a model does no better than chance (``chance_score``): {set: (score, chance)}, in
+    ``chance``'s order (the evaluation sets as listed), so every verdict names them alike.
     A pruning claim cannot be tested from such a baseline: the chapters say so instead of a verdict."""
     worse = (lambda s, c: s >= c) if task == "asr" else (lambda s, c: s <= c)
-    return {name: (s, chance[name]) for name, s in scores.items() if worse(s, chance[name])}
+    return {name: (scores[name], chance[name]) for name in sorted(scores, key=list(chance).index)
+            if worse(scores[name], chance[name])}
 
 
 def describe_unusable(model: str, bad: Mapping[str, tuple[float, float]], task: str = "asr") -> str:
