@@ -1,84 +1,138 @@
-"""WER vs training minutes for the SLAM recipe on this machine (issue 4's target: test-clean ≤ 30 %
-within 30 minutes of CPU training, decoder frozen).
+"""WER (or BLEU) against training minutes for SLAM recipe variants, side by side in one run, with the
+decoder's gold-input ceiling and the CTC warm start alone beside them.
 
-Trains through the cached recipe (`training.train_slam`): a rerun with the same settings prints the
-stored curve at once, an interrupted one resumes. Evaluation time is not counted as training time.
+Each variant trains through the cache (`training.train_slam`), starting from one shared CTC warm start
+(`training.ctc_warm_start`), so a rerun prints the stored curves at once and an interrupted one resumes.
+Evaluation time is not counted as training time; minutes include the shared warm start.
 
-    python benchmarks/slam_training.py                        # the default recipe, SmolLM2-135M, frozen
-    python benchmarks/slam_training.py --lora                 # + LoRA on q, k, v, o
-    python benchmarks/slam_training.py --llm qwen2.5-coder-0.5b
+    python benchmarks/slam_training.py                                  # SmolLM2-135M: frozen and LoRA
+    python benchmarks/slam_training.py --llm qwen2.5-coder-0.5b --variants frozen --steps 100
+    python benchmarks/slam_training.py --variants frozen frozen-mean lora --ctc-steps 900 --steps 200
+    python benchmarks/slam_training.py --task ast-fr-en --llm qwen2.5-coder-0.5b --train fr-en-train \\
+        --eval fr-en-test --final-sets fr-en-test
+
+Variants (the cpu recipe is `frozen` / `lora`; the others are what was tried beside it):
+  frozen       p·E input (T=1), projector trained with next-token + CTC loss, decoder frozen
+  lora         LoRA (r 8) on q, k, v, o reading p·E from the warm start's projector (kept frozen)
+  lora-proj    the same with the projector trained too (CTC loss beside the next-token loss)
+  frozen-read  p·E input (T=1), no training after the warm start
+  frozen-hard  the LLM reads the embeddings of the CTC labels (no training after the warm start)
+  frozen-mean  the mean projected frame per CTC segment (the previous cpu recipe)
+  frozen-noaux p·E without the CTC loss beside the next-token loss
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
+VARIANTS = {
+    "frozen": ({"ctc_embed": "soft"}, {"ctc_weight": 1.0}),
+    "lora": ({"ctc_embed": "soft", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}, {"freeze_projector": True}),
+    "lora-proj": ({"ctc_embed": "soft", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}, {"ctc_weight": 1.0}),
+    "frozen-read": ({"ctc_embed": "soft"}, {"steps": 0}),
+    "frozen-hard": ({"ctc_embed": "hard"}, {"steps": 0}),
+    "frozen-mean": ({"ctc_embed": "mean"}, {"ctc_weight": 0.0}),
+    "frozen-noaux": ({"ctc_embed": "soft"}, {"ctc_weight": 0.0}),
+}
+
 
 def main() -> None:
-    from speechllm_redundancy.evaluation import evaluate_slam
-    from speechllm_redundancy.paths import artifacts_dir
-    from speechllm_redundancy.slam import SlamConfig
-    from speechllm_redundancy.training import TrainConfig, train_slam
+    from speechllm_redundancy.ceilings import gold_ceiling
+    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.evaluation import evaluate_slam, score
+    from speechllm_redundancy.slam import SlamConfig, SlamModel
+    from speechllm_redundancy.training import CtcWarmup, TrainConfig, ctc_warm_start, train_slam
 
-    corpus = artifacts_dir() / "corpus" / "default"
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--llm", default=SlamConfig.llm)
     ap.add_argument("--encoder", default=SlamConfig.encoder)
-    ap.add_argument("--train", default=str(corpus / "train.jsonl"))
-    ap.add_argument("--eval", default=str(corpus / "test-clean.jsonl"))
+    ap.add_argument("--task", default="asr")
+    ap.add_argument("--corpus", default=None, help="corpus folder (default: the default profile's)")
+    ap.add_argument("--train", default="train", help="training split of the corpus")
+    ap.add_argument("--eval", default="test-clean", help="split scored during training")
+    ap.add_argument("--warm-start", help="split the CTC warm start spells (default: --train)")
     ap.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
+    ap.add_argument("--variants", nargs="*", default=["frozen", "lora"], choices=list(VARIANTS))
+    ap.add_argument("--ctc-steps", type=int, default=900)
+    ap.add_argument("--steps", type=int, default=200, help="next-token steps after the warm start")
     ap.add_argument("--final-sets", nargs="*", default=["test-clean", "test-other", "dev-ood"],
-                    help="splits of the corpus scored in full at the end")
-    ap.add_argument("--final-limit", type=int, default=100, help="utterances per final set (0 = all)")
-    ap.add_argument("--lora", action="store_true")
-    ap.add_argument("--no-chat-template", action="store_true")
-    ap.add_argument("--k", type=int, default=SlamConfig.k)
-    ap.add_argument("--ctc-compress", action="store_true",
-                    help="feed the LLM one vector per CTC label run (needs ctc_warmup_steps > 0)")
-    ap.add_argument("--whisper-window", default="trim", choices=("trim", "full"),
-                    help="Whisper encoders: encode only the utterance (trim, the CPU default) or the 30 s window")
-    ap.add_argument("--eval-every", type=int, default=200)
-    ap.add_argument("--eval-limit", type=int, default=200)
+                    help="splits of the corpus scored at the end")
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--eval-limit", type=int, default=64, help="utterances per evaluation (during and at the end)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="TrainConfig overrides, e.g. steps=1200 lr=5e-4 ctc_warmup_steps=600")
+                    help="TrainConfig overrides for every variant, e.g. lr=5e-4 batch_size=16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    corpus = args.corpus or str(_default_corpus())
+    path = lambda split: f"{corpus}/{split}.jsonl"  # noqa: E731
+    overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v
+                 for k, v in (item.split("=", 1) for item in args.set)}
 
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
-    cfg = TrainConfig(**overrides)
-    lora = {"r": 8, "alpha": 16, "dropout": 0.05} if args.lora else None
-    slam_cfg = SlamConfig(encoder=args.encoder, llm=args.llm, k=args.k, lora=lora,
-                          chat_template=not args.no_chat_template, whisper_window=args.whisper_window,
-                          ctc_compress=args.ctc_compress)
-    model, result = train_slam(slam_cfg, cfg, args.train, out_dir=None, eval_manifest=args.eval,
-                               eval_every=args.eval_every, eval_limit=args.eval_limit,
-                               train_limit=args.train_limit)
-    print(json.dumps({"slam": asdict(slam_cfg), "train": asdict(cfg)}))
-    print(f"{'phase':6} {'step':>6} {'minutes':>8} {'loss':>7} {'WER %':>7}")
-    last_loss = {}
-    for h in result.history:
-        if "loss" in h:
-            last_loss[h["phase"]] = h["loss"]
-        score = h.get("eval_wer", h.get("eval_ctc_wer"))
-        if score is not None:
-            kind = "" if "eval_wer" in h else " (CTC greedy)"
-            print(f"{h['phase']:6} {h['step']:6d} {h['minutes']:8.1f} {last_loss.get(h['phase'], float('nan')):7.3f} "
-                  f"{score:7.2f}{kind}")
-    for split in args.final_sets:
-        manifest = corpus / f"{split}.jsonl"
-        if manifest.exists():
-            res = evaluate_slam(model, manifest, "asr", limit=args.final_limit or None)
-            print(f"{split}: WER {res['score']:.2f} % on {res['utterances']} utterances "
-                  f"({res['seconds']:.0f} s decoding)")
-    print(f"run directory: {result.out_dir}")
+    warm = ctc_warm_start(args.encoder, args.llm, path(args.warm_start or args.train), steps=args.ctc_steps,
+                          whisper_window="trim", train_limit=args.train_limit)
+    base = SlamModel.load(warm.out_dir / "final")
+    rows = {}  # variant → list of (minutes, score)
+    finals = {}
+    eval_utts = read_manifest(path(args.eval))[: args.eval_limit]
+    ceiling = gold_ceiling(base.llm, base.tokenizer, args.task, eval_utts)
+    if args.task == "asr":
+        from speechllm_redundancy.features import cached_features
+
+        store = cached_features(args.encoder, path(args.eval), whisper_window="trim", limit=args.eval_limit)
+        ctc_hyps = CtcWarmup(base).transcribe([store[u.id] for u in eval_utts])
+        ctc_alone = score("asr", [u.text for u in eval_utts], ctc_hyps)[1]
+    del base
+    for name in args.variants:
+        slam_over, train_over = VARIANTS[name]
+        cfg = replace(SlamConfig(encoder=args.encoder, llm=args.llm, whisper_window="trim", ctc_compress=True),
+                      **slam_over)
+        tcfg = TrainConfig(**{"steps": args.steps, **train_over, **overrides})
+        model, result = train_slam(cfg, tcfg, path(args.train), task=args.task, train_limit=args.train_limit,
+                                   eval_manifest=path(args.eval), eval_every=args.eval_every,
+                                   eval_limit=args.eval_limit, init_from=warm.out_dir / "final")
+        curve = [(warm.minutes, None)]
+        curve += [(warm.minutes + h["minutes"], h[k]) for h in result.history for k in ("eval_wer", "eval_bleu") if k in h]
+        if tcfg.steps == 0:
+            curve.append((warm.minutes, evaluate_slam(model, path(args.eval), args.task, limit=args.eval_limit)["score"]))
+        rows[name] = curve
+        finals[name] = {s: evaluate_slam(model, path(s), args.task, limit=args.eval_limit)["score"]
+                        for s in args.final_sets}
+        finals[name]["minutes"] = warm.minutes + result.minutes
+        print(f"{name}: {result.out_dir}", flush=True)
+
+    metric = "WER %" if args.task == "asr" else "BLEU"
+    print(json.dumps({"llm": args.llm, "task": args.task, "ctc_steps": args.ctc_steps, "steps": args.steps,
+                      "overrides": overrides, "variants": {v: asdict(TrainConfig()) and VARIANTS[v][0] for v in args.variants}}))
+    print(f"\n{args.llm} · {args.task} · {metric} on the first {len(eval_utts)} utterances of {args.eval}")
+    print(f"gold-input ceiling (the transcript/source as text, same layout): {ceiling['score']:.1f}")
+    if args.task == "asr":
+        print(f"CTC warm start alone ({args.ctc_steps} steps, {warm.minutes:.1f} min, greedy CTC): {ctc_alone:.1f}")
+    print(f"\n{'minutes':>8} " + " ".join(f"{v:>14}" for v in rows))
+    points = sorted({round(m, 2) for c in rows.values() for m, s in c if s is not None})
+    for m in points:
+        cells = []
+        for v, c in rows.items():
+            hit = [s for mm, s in c if s is not None and round(mm, 2) == m]
+            cells.append(f"{hit[0]:14.1f}" if hit else f"{'':>14}")
+        print(f"{m:8.1f} " + " ".join(cells))
+    print(f"\nfinal ({metric}, first {args.eval_limit} utterances per set)")
+    print(f"{'variant':14} {'minutes':>8} " + " ".join(f"{s:>12}" for s in args.final_sets))
+    for v, f in finals.items():
+        print(f"{v:14} {f['minutes']:8.1f} " + " ".join(f"{f[s]:12.1f}" for s in args.final_sets))
+
+
+def _default_corpus():
+    """The default profile's corpus folder (named by its settings)."""
+    from speechllm_redundancy.data.corpus import corpus_config, corpus_name
+    from speechllm_redundancy.paths import artifacts_dir
+
+    return artifacts_dir() / "corpus" / corpus_name(corpus_config("profiles/default.yaml"))
 
 
 if __name__ == "__main__":

@@ -32,14 +32,15 @@ seed = 0
 encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory or hub id
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models
 train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
-ctc_steps = None  # CTC warm-start steps of the cpu recipe; None: 0.6 × train_steps
+ctc_steps = None  # CTC warm-start steps of the cpu recipe (shared by its models); None: the recipe default
 text_llms = ["qwen2.5-coder-1.5b", "smollm2-135m"]  # LLMs measured on text-only input (two families)
 angle_samples = 200  # utterances / sentences averaged per distance matrix
 whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
-recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start + compression)
+recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, p·E input; book/method.md)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
 lora_llms = ["smollm2-135m"]  # decoders also trained with LoRA on the decoder (claim 2); [] skips claim 2
 lora = {"r": 8, "alpha": 16, "dropout": 0.05}  # LoRA of those SLAM models (q, k, v, o projections)
+lora_steps = None  # next-token steps of the LoRA models (None: train_steps); the cpu recipe's frozen models need 0
 pruned_fractions = [0.2, 0.4]  # levels of the no-healing walks of frozen vs LoRA decoders; None walks every n up to half, [] skips
 eval_limit = 100  # utterances decoded per evaluation set and pruning level in those walks; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
@@ -67,6 +68,7 @@ from speechllm_redundancy.data import build_corpus, read_manifest
 from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
+from speechllm_redundancy.results import record_baseline
 from speechllm_redundancy.training import trained_slam
 
 torch.manual_seed(seed)
@@ -79,7 +81,8 @@ pd.DataFrame({"transcript": sentences[:5]})
 # %% tags=["hide-output"]
 def speech_model(llm: str, with_lora: bool = False):
     """The SLAM model of decoder `llm` (frozen decoder, or LoRA on it), shared with the other chapters."""
-    return trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
+    steps = lora_steps if with_lora and lora_steps is not None else train_steps
+    return trained_slam(encoder, llm, manifests["train"], steps=steps, seed=seed, recipe=recipe,
                         ctc_steps=ctc_steps, whisper_window=whisper_window, train_limit=train_limit,
                         lora=lora if with_lora else None, device=device)
 
@@ -234,7 +237,7 @@ if not tolerance.empty:
 # %%
 settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper_window=whisper_window,
                 speech_llms=speech_llms, text_llms=text_llms, angle_samples=angle_samples,
-                train_steps=train_steps, lora_llms=lora_llms, lora=lora, pruned_fractions=pruned_fractions,
+                train_steps=train_steps, lora_llms=lora_llms, lora=lora, lora_steps=lora_steps, pruned_fractions=pruned_fractions,
                 ctc_steps=ctc_steps, eval_limit=eval_limit, max_new_tokens=max_new_tokens, corpus=corpus,
                 device=device, seed=seed)
 settings_table(settings)
@@ -252,31 +255,40 @@ settings_table(settings)
 # chance (`evaluation.chance_score`: the better of an empty output and another utterance's reference).
 
 # %%
+for _, r in tolerance.iterrows():  # the unpruned models of the tolerance walks, for the results file
+    record_baseline(r["decoder"], f"{r['decoder training']} decoder", "asr",
+                    {s: r[f"WER {s} (%)"] for s in eval_sets}, chance, recipe=recipe)
 holds1 = agreement >= 0.8 and mean_delta < 0.05
-glue_verdict(1, f"{'holds' if holds1 else 'does not hold'} at this scale: text vs speech mean |ΔD| = "
-                f"{mean_delta:.3f}, optimal paths agree on {agreement:.0%} of block sizes")
+glue_verdict(1, holds1, f"text vs speech mean |ΔD| = {mean_delta:.3f}, optimal paths agree on {agreement:.0%} of "
+                        "block sizes", variant=f"text maps vs frozen-decoder SLAM maps of {', '.join(speech_llms)}",
+             recipe=recipe)
+lora_variant = f"frozen vs LoRA decoder of {', '.join(lora_llms)}, no healing"
 if lora_table.empty:
-    glue_verdict(2, "pending: the profile trains no SLAM model with LoRA on the decoder (lora_llms is empty)")
+    glue_verdict(2, None, "the profile trains no SLAM model with LoRA on the decoder (lora_llms is empty)",
+                 variant=lora_variant, recipe=recipe)
 else:
     lowers = bool((lora_table["pruned-block distance, LoRA"] < lora_table["pruned-block distance, frozen"]).all())
     distances = ", ".join(f"{n} {r['pruned-block distance, frozen']:.3f} → {r['pruned-block distance, LoRA']:.3f}"
                           for n, r in lora_table.iterrows())
-    if tolerance.empty:
-        glue_verdict(2, f"first half {'holds' if lowers else 'does not hold'} (pruned-block distance frozen → LoRA: "
-                        f"{distances}); pruning tolerance not tested (pruned_fractions is empty)")
+    first_half = (f"first half {'holds' if lowers else 'does not hold'} (pruned-block distance frozen → LoRA: "
+                  f"{distances})")
+    if tolerance.empty:  # a claim whose first half fails does not hold, whatever the second
+        glue_verdict(2, None if lowers else False, f"{first_half}; pruning tolerance not tested "
+                     "(pruned_fractions is empty)", variant=lora_variant, recipe=recipe)
     elif unusable := [describe_unusable(f"{r['decoder']} ({r['decoder training']})", r["unusable"])
                       for _, r in tolerance.iterrows() if r["unusable"]]:
-        glue_verdict(2, f"first half {'holds' if lowers else 'does not hold'} (pruned-block distance frozen → LoRA: "
-                        f"{distances}); pruning tolerance not testable at this scale: {'; '.join(unusable)}")
+        glue_verdict(2, None if lowers else False, f"{first_half}; pruning tolerance not testable at this "
+                     f"scale: {'; '.join(unusable)}", variant=lora_variant, recipe=recipe)
     else:
         removable = tolerance.pivot(index="decoder", columns="decoder training", values="removable fraction")
         not_raised = bool((removable["LoRA"] <= removable["frozen"]).all())
         fractions = ", ".join(f"{n} {r['frozen']:.0%} → {r['LoRA']:.0%}" for n, r in removable.iterrows())
-        glue_verdict(2, f"{'holds' if lowers and not_raised else 'does not hold'} at this scale: LoRA "
-                        f"{'lowers' if lowers else 'does not lower'} the pruned-block distance (frozen → LoRA: "
-                        f"{distances}) and {'does not raise' if not_raised else 'raises'} the removable fraction "
-                        f"without healing (frozen → LoRA: {fractions})")
+        glue_verdict(2, lowers and not_raised, f"LoRA {'lowers' if lowers else 'does not lower'} the pruned-block "
+                     f"distance (frozen → LoRA: {distances}) and {'does not raise' if not_raised else 'raises'} "
+                     f"the removable fraction without healing (frozen → LoRA: {fractions})",
+                     variant=lora_variant, recipe=recipe)
 holds3 = deep_share >= 2 / 3 and last_share >= 2 / 3
-glue_verdict(3, f"{'holds' if holds3 else 'does not hold'} at this scale: optimal block in the deeper half "
-                f"for {deep_share:.0%} of block sizes; the block ending at the last layer is the farthest for "
-                f"{last_share:.0%}")
+glue_verdict(3, holds3, f"optimal block in the deeper half for {deep_share:.0%} of block sizes; the block ending at "
+                        f"the last layer is the farthest for {last_share:.0%}",
+             variant=f"text maps of {', '.join(text_llms)} and frozen-decoder SLAM maps of {', '.join(speech_llms)}",
+             recipe=recipe)

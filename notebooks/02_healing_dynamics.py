@@ -29,9 +29,9 @@ seed = 0
 encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory or hub id
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models; this chapter heals the first
 train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
-ctc_steps = None  # CTC warm-start steps of the cpu recipe; None: 0.6 × train_steps
+ctc_steps = None  # CTC warm-start steps of the cpu recipe (shared by its models); None: the recipe default
 whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
-recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start + compression)
+recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, p·E input; book/method.md)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
 healing_steps = 300  # training steps of each healing run
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
@@ -69,6 +69,7 @@ from speechllm_redundancy.evaluation import describe_unusable, no_better_than_ch
 from speechllm_redundancy.healing import STRATEGIES
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
+from speechllm_redundancy.results import record_baseline
 from speechllm_redundancy.training import TrainConfig, trained_slam
 
 PATH_SAMPLES = 64  # utterances whose angles give the pruning paths (as in chapter 3)
@@ -177,8 +178,10 @@ settings_table(settings)
 # relative changes from such a baseline say nothing of pruning.
 
 # %%
-unusable = no_better_than_chance(sweep.baseline_scores(walks[walks.path == "speech-derived"]),
-                                 sweep.chance_scores(manifests, eval_sets, "asr", eval_limit), "asr")
+baseline = sweep.baseline_scores(walks[walks.path == "speech-derived"])
+chance = sweep.chance_scores(manifests, eval_sets, "asr", eval_limit)
+record_baseline(llm, "frozen decoder", "asr", baseline, chance, recipe=recipe)
+unusable = no_better_than_chance(baseline, chance, "asr")
 mean = speech["mean relative WER change"]
 parts = {
     "sharp without healing": speech.loc["none", "worst relative WER change"] > 0.5,
@@ -189,9 +192,11 @@ parts = {
 listing = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in parts.items())
 numbers = ", ".join(f"{s} {mean[s]:+.0%}" for s in STRATEGIES)
 worst = speech.loc["none", "worst relative WER change"]
+variant = f"{llm} frozen decoder, speech-derived path, {healing_steps} healing steps"
 if unusable:
-    glue_verdict(4, f"not testable at this scale: {describe_unusable(llm, unusable)}; for the record, mean "
-                    f"relative WER change by healing strategy: {numbers}; worst without healing {worst:+.0%}")
+    glue_verdict(4, None, f"{describe_unusable(llm, unusable)}; for the record, mean relative WER change by "
+                          f"healing strategy: {numbers}; worst without healing {worst:+.0%}",
+                 variant=variant, recipe=recipe)
 else:
-    glue_verdict(4, f"{'holds' if all(parts.values()) else 'does not hold'} at this scale ({listing}); mean "
-                    f"relative WER change by healing strategy: {numbers}; worst without healing {worst:+.0%}")
+    glue_verdict(4, all(parts.values()), f"{listing}; mean relative WER change by healing strategy: {numbers}; "
+                                         f"worst without healing {worst:+.0%}", variant=variant, recipe=recipe)

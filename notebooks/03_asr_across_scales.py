@@ -27,9 +27,9 @@ seed = 0
 encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory or hub id
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models
 train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
-ctc_steps = None  # CTC warm-start steps of the cpu recipe; None: 0.6 × train_steps
+ctc_steps = None  # CTC warm-start steps of the cpu recipe (shared by its models); None: the recipe default
 whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
-recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start + compression)
+recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, p·E input; book/method.md)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
@@ -60,6 +60,7 @@ from speechllm_redundancy.data import build_corpus
 from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifact_path
+from speechllm_redundancy.results import record_baseline
 from speechllm_redundancy.training import trained_slam
 
 torch.manual_seed(seed)
@@ -145,16 +146,18 @@ settings_table(settings)
 # not testable.
 
 # %%
+for llm, walk in walks.items():
+    record_baseline(llm, "frozen decoder", "asr", sweep.baseline_scores(walk), chance, recipe=recipe)
 usable = ordered[[not bad for bad in ordered["unusable"]]]
 unusable = "; ".join(describe_unusable(r["model"], r["unusable"]) for _, r in ordered.iterrows() if r["unusable"])
+variant = f"frozen decoders of {', '.join(ordered['model'])}, no healing"
 if len(ordered) < 2:
-    glue_verdict(5, "pending: the profile has a single decoder")
+    glue_verdict(5, None, "the profile has a single decoder", variant=variant, recipe=recipe)
 elif len(usable) < 2:
-    glue_verdict(5, f"not testable at this scale: {unusable}")
+    glue_verdict(5, None, unusable, variant=variant, recipe=recipe)
 else:
     ordered = usable
     fractions = ordered["removable fraction"].tolist()
     holds5 = all(b >= a for a, b in zip(fractions, fractions[1:])) and fractions[-1] > fractions[0]
     listing = ", ".join(f"{m} {f:.0%}" for m, f in zip(ordered["model"], fractions))
-    glue_verdict(5, f"{'holds' if holds5 else 'does not hold'} at this scale without healing "
-                    f"(removable fraction by size: {listing})")
+    glue_verdict(5, holds5, f"removable fraction by size: {listing}", variant=variant, recipe=recipe)

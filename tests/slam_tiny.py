@@ -17,12 +17,16 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def byte_chatml_tokenizer():
+def byte_chatml_tokenizer(merges: tuple[tuple[str, str], ...] = ()):
+    """Byte-level BPE, one token per byte unless ``merges`` (byte-level symbols, e.g. ``(".", '"')`` or
+    ``("Ġ", '"')`` for a space) add merged tokens — as real vocabularies put a quote inside longer tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
@@ -31,10 +35,10 @@ def byte_chatml_tokenizer():
     return fast
 
 
-def tiny_llm(seed: int = 0, init: float = 0.3, layers: int = 3):
+def tiny_llm(seed: int = 0, init: float = 0.3, layers: int = 3, merges: tuple[tuple[str, str], ...] = ()):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = byte_chatml_tokenizer()
+    tok = byte_chatml_tokenizer(merges)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import os
@@ -188,6 +189,42 @@ def test_smoke_chapters_execute_with_all_parameters_declared(smoke_book):
         assert nb["metadata"]["papermill"]["parameters"] == smoke_book["profile"].parameters(stem)
         assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
         assert not list(path.parent.glob("*.failed.ipynb"))
+
+
+def test_smoke_results_file_and_page(smoke_book):
+    """results.json holds every chapter's baselines, verdicts and minutes; the results page shows them."""
+    from speechllm_redundancy import results
+
+    merged = json.loads(book.results_path(smoke_book["profile"]).read_text())
+    assert merged["profile"] == "smoke" and merged["chapters"] == book.chapter_stems()
+    assert list(merged["claims"]) == [str(n) for n in results.CLAIMS]
+    for number, claim in merged["claims"].items():
+        assert claim["chapter"] == results.CLAIMS[int(number)][0]
+        assert claim["status"] in results.STATUSES and claim["verdict"].startswith(f"{claim['status']} on this run (")
+        assert claim["variant"] in claim["verdict"]
+        assert ("paper recipe" in claim["variant"]) == (number != "7")  # smoke trains with the paper recipe
+    rows = merged["baselines"]
+    assert rows and all(tuple(r) == results.ROW_KEYS for r in rows)
+    seen = {(r["chapter"][:2], r["model"], r["variant"], r["task"]) for r in rows}
+    assert {("01", "tiny-qwen2", "frozen decoder, paper recipe", "asr"),
+            ("01", "tiny-qwen2", "LoRA decoder, paper recipe", "asr"),
+            ("02", "tiny-qwen2", "frozen decoder, paper recipe", "asr"),
+            ("03", "tiny-llama", "frozen decoder, paper recipe", "asr"),
+            ("04", "tiny-qwen2", "frozen decoder, paper recipe", "ast-en-de")} <= seen
+    for r in rows:
+        assert r["metric"] == ("wer" if r["task"] == "asr" else "bleu") and r["chance"] is not None
+        assert r["score"] is None or r["score"] >= 0
+    assert set(merged["minutes"]) == set(book.chapter_stems())
+    assert all(m["execution"] > 0 for m in merged["minutes"].values())
+    assert merged["minutes"]["01_origin_of_redundancy"]["training"] > 0  # a fresh cache: chapter 1 trains
+    assert merged["settings"]["02_healing_dynamics"]["recipe"] == "paper"
+
+    page = html.unescape((smoke_book["html"] / "book" / "results.html").read_text()).replace("’", "'")
+    for claim in merged["claims"].values():
+        assert claim["verdict"][len(claim["status"]):] in page
+    row = next(r for r in rows if r["metric"] == "wer" and r["score"] is not None)
+    assert f"{100 * row['score']:.1f} % WER" in page and row["model"] in page
+    assert (smoke_book["html"] / "_downloads").is_dir() and "results.json" in page  # offered for download
 
 
 def test_second_run_skips_up_to_date_chapters(smoke_book, capsys):

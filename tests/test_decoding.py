@@ -11,9 +11,13 @@ D = 16
 
 
 def make():
+    return make_with()
+
+
+def make_with(**config):
     llm, tok = tiny_llm(seed=3)
     torch.manual_seed(2)
-    return SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32), llm, tok)
+    return SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32, **config), llm, tok)
 
 
 def feats(*lengths):
@@ -72,3 +76,64 @@ def test_caps_and_stop_token():
                    model.layout.pad_id)
     assert again[1] == first[:cut]
     assert again[0] == out[0][: out[0].index(first[cut])] if first[cut] in out[0] else again[0] == out[0]
+
+
+def test_keep_stop_returns_the_stop_token_and_changes_nothing_else():
+    model = make()
+    f = feats(9, 40, 23, 3, 61)
+    batch = model.embed_batch(f, "asr", padding_side="left")
+    caps = [6, 10, 10, 0, 10]
+    free = greedy(model.llm, batch["inputs_embeds"], batch["attention_mask"], caps, set(), model.layout.pad_id)
+    assert [len(o) for o in free] == caps
+    # a stop id that some rows emit (at different steps) and some do not
+    counts = {}
+    for row in free:
+        for t in set(row[1:]):
+            counts[t] = counts.get(t, 0) + 1
+    stop = max((t for t in counts if counts[t] < sum(1 for c in caps if c)), key=lambda t: counts[t])
+    plain = greedy(model.llm, batch["inputs_embeds"], batch["attention_mask"], caps, {stop}, model.layout.pad_id)
+    kept = greedy(model.llm, batch["inputs_embeds"], batch["attention_mask"], caps, {stop}, model.layout.pad_id,
+                  keep_stop=True)
+    assert plain == [row[: row.index(stop)] if stop in row else row for row in free]  # unchanged behaviour
+    assert kept == [row[: row.index(stop) + 1] if stop in row else row for row in free]
+    stopped = [row for row in kept if row and row[-1] == stop]
+    assert stopped and len(stopped) < 4 and kept[3] == []  # some rows stop, some run to their cap
+    # batched = batch size 1 with the stop kept
+    single = []
+    for x, cap in zip(f, caps):
+        b = model.embed_batch([x], "asr", padding_side="left")
+        single += greedy(model.llm, b["inputs_embeds"], b["attention_mask"], [cap], {stop}, model.layout.pad_id,
+                         keep_stop=True)
+    assert single == kept
+
+
+def test_generate_stops_at_the_stop_string_and_cuts_the_answer():
+    """With a layout whose stop string the model writes, the answer ends at its first occurrence."""
+    from speechllm_redundancy.slam import PROMPTS
+
+    f = feats(9, 40, 23, 3, 61, 17)
+    free_layout = {"user": '"{speech}"\nCopy.', "answer_prefix": '"'}
+    free = make_with(prompts={**PROMPTS, "asr": free_layout}).generate(f, max_new_tokens=12)
+    chars = [c for text in free for c in text[1:-1] if c.isascii() and c.isprintable() and not c.isspace()]
+    stop = max(set(chars), key=lambda c: (sum(c in t for t in free) < len(free), chars.count(c), c))
+    assert 0 < sum(stop in t for t in free) < len(free)
+    cut = make_with(prompts={**PROMPTS, "asr": {**free_layout, "stop": stop}})
+    expected = [t.split(stop, 1)[0].strip() for t in free]
+    assert cut.generate(f, max_new_tokens=12, batch_size=1) == expected
+    assert cut.generate(f, max_new_tokens=12, batch_size=4) == expected
+
+
+def test_generate_mixed_tasks_with_different_stops_is_independent_of_batching():
+    """A row stops at its own task's stop tokens only, not at those of another task in its batch."""
+    from speechllm_redundancy.slam import PROMPTS
+
+    f = feats(9, 40, 23, 3, 61, 17)
+    ast = make().generate(f, task="ast-en-de", max_new_tokens=12)
+    chars = [c for text in ast for c in text if c.isascii() and c.isprintable() and not c.isspace()]
+    stop = max(set(chars), key=lambda c: (chars.count(c), c))  # a character the AST rows do write
+    model = make_with(prompts={**PROMPTS, "asr": {"user": "{speech}\nCopy.", "stop": stop}})
+    tasks = ["asr", "ast-en-de"] * 3
+    one = model.generate(f, task=tasks, batch_size=1, max_new_tokens=12)
+    assert [one[i] for i in (1, 3, 5)] == [ast[i] for i in (1, 3, 5)] and any(stop in ast[i] for i in (1, 3, 5))
+    assert model.generate(f, task=tasks, batch_size=6, max_new_tokens=12) == one
+    assert model.generate(f[::-1], task=tasks[::-1], batch_size=4, max_new_tokens=12) == one[::-1]

@@ -5,7 +5,8 @@ import torch
 
 from slam_tiny import save_tiny_llm, tiny_llm
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.slam import LEGACY_PROMPTS, PROMPTS, Projector, SlamConfig, SlamModel
+from speechllm_redundancy.slam import (LEGACY_PROMPTS, PROMPTS, QUOTED_COPY, CtcHead, Projector, PromptFormat,
+                                       SlamConfig, SlamModel)
 
 torch.set_num_threads(2)
 D = 16
@@ -40,6 +41,8 @@ def test_projector_concatenates_k_frames_and_zero_pads_the_tail():
 
 
 def test_layout_with_chat_template_and_loss_masking():
+    """ASR's default layout: the speech between quotes in the user turn, the assistant turn pre-filled with
+    the opening quote (no loss), the target = transcript + closing quote + turn end."""
     model = make()
     tok = model.tokenizer
     f = feats(12)
@@ -47,24 +50,99 @@ def test_layout_with_chat_template_and_loss_masking():
     before, after = model.layout.pieces("asr")
     n_speech = 3  # ceil(12 / 5)
     emb, labels, mask = batch["inputs_embeds"][0], batch["labels"][0], batch["attention_mask"][0]
-    target = tok("hello world", add_special_tokens=False)["input_ids"] + [model.layout.stop_id]
+    target = tok('hello world"', add_special_tokens=False)["input_ids"] + [model.layout.stop_id]
     assert emb.shape[0] == len(before) + n_speech + len(after) + len(target) and mask.all()
-    # speech sits inside the user turn, before the instruction; the assistant turn holds the target
-    assert tok.decode(before).endswith("<|im_start|>user\n")
-    assert tok.decode(after) == f"\n{PROMPTS['asr']}<|im_end|>\n<|im_start|>assistant\n"
+    # speech sits inside the user turn, between quotes, before the instruction; the answer starts with a quote
+    assert PROMPTS["asr"] == QUOTED_COPY
+    assert tok.decode(before).endswith('<|im_start|>user\n"')
+    assert tok.decode(after) == ('"\nCopy the quoted sentence exactly, nothing else.<|im_end|>\n'
+                                 '<|im_start|>assistant\n"')
     assert tok.convert_ids_to_tokens(model.layout.stop_id) == "<|im_end|>"
     torch.testing.assert_close(emb[len(before) : len(before) + n_speech], model.projector(f)[0])
-    # loss only on the target tokens and the stop token
+    # loss only on the target tokens, the closing quote and the stop token — not on the pre-filled quote
     assert labels[: -len(target)].eq(-100).all()
     assert labels[-len(target) :].tolist() == target
+    assert tok.decode(labels[-len(target) :].tolist()) == 'hello world"<|im_end|>'
+
+
+def test_instruction_string_keeps_the_slam_asr_layout():
+    """A plain instruction (the AST tasks, a literal prompt) is laid out as before: speech, newline,
+    instruction; its target has no stop string, only the turn-end token."""
+    model = make()
+    tok = model.tokenizer
+    before, after = model.layout.pieces("ast-en-de")
+    assert tok.decode(before).endswith("<|im_start|>user\n")
+    assert tok.decode(after) == f"\n{PROMPTS['ast-en-de']}<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(model.layout.pieces("Say it.")[1]).startswith("\nSay it.<|im_end|>")
+    words = tok("hallo welt", add_special_tokens=False)["input_ids"]
+    assert model.layout.target_ids(" hallo welt ", 256, "ast-en-de") == words + [model.layout.stop_id]
+    assert PromptFormat.of("Say it.") == PromptFormat("{speech}\nSay it.")
+    # the instruction and the equivalent dict give the same tokens
+    explicit = make(prompts={"t": {"user": "{speech}\nSay it."}})
+    assert explicit.layout.pieces("t") == model.layout.pieces("Say it.")
 
 
 def test_layout_without_chat_template():
     model = make(chat=False)
+    tok = model.tokenizer
     before, after = model.layout.pieces("ast-en-de")
-    assert before == [] and model.tokenizer.decode(after) == f"\n{PROMPTS['ast-en-de']}\n"
-    assert model.layout.stop_id == model.tokenizer.eos_token_id
-    assert model.tokenizer.decode(model.layout.pieces("Say it in French.")[1]) == "\nSay it in French.\n"
+    assert before == [] and tok.decode(after) == f"\n{PROMPTS['ast-en-de']}\n"
+    assert model.layout.stop_id == tok.eos_token_id
+    assert tok.decode(model.layout.pieces("Say it in French.")[1]) == "\nSay it in French.\n"
+    before, after = model.layout.pieces("asr")  # the quoted layout without a template: no turns, same quotes
+    assert tok.decode(before) == '"'
+    assert tok.decode(after) == '"\nCopy the quoted sentence exactly, nothing else.\n"'
+    # the closing quote or a newline ends the answer (a one-line copy never holds a newline)
+    assert model.layout.stop_ids("asr") == {tok.eos_token_id, *tok.convert_tokens_to_ids(['"', "Ċ"])}
+    assert model.layout.stop_ids("ast-en-de") == {tok.eos_token_id}
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"user": "no slot here"}, "exactly once"),
+    ({"user": "{speech} and {speech}"}, "exactly once"),
+    ({"user": "{speech}", "stop_at": '"'}, "use keys"),
+    ({"answer_prefix": '"'}, "use keys"),
+    ({"user": "{speech}", "stop": ""}, "stop=''"),
+    ({"user": "{speech}", "stop": ['"', ""]}, "non-empty string"),
+    ({"user": "{speech}", "answer_prefix": None}, "must be strings"),
+    (3, "instruction string or a dict"),
+])
+def test_bad_prompt_formats_are_user_errors(spec, match):
+    with pytest.raises(UserError, match=match):
+        PromptFormat.of(spec)
+    model = make(prompts={"asr": spec})
+    with pytest.raises(UserError, match=match):  # … and so is using one in a model
+        model.embed_batch(feats(5), "asr", ["x"])
+
+
+def test_target_stop_ids_and_finish_with_a_merging_vocabulary():
+    """A BPE vocabulary puts the closing quote inside longer tokens ('."', ' "'): each of them stops
+    decoding, and the answer is cut at the quote inside the token, keeping what precedes it."""
+    llm, tok = tiny_llm(merges=((".", '"'), ("Ġ", '"')))
+    model = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32), llm, tok)
+    layout = model.layout
+    dot_quote, space_quote, quote = tok.convert_tokens_to_ids(['."', 'Ġ"', '"'])
+    newline = tok.convert_tokens_to_ids("Ċ")
+    assert layout.stop_ids("asr") == {layout.stop_id, tok.eos_token_id, quote, dot_quote, space_quote, newline}
+    assert layout.stop_ids("ast-en-de") == {layout.stop_id, tok.eos_token_id}
+    # the target is tokenised with its stop string, as the model would write it
+    target = layout.target_ids("It ended.", 256, "asr")
+    assert target[-2:] == [dot_quote, layout.stop_id] and tok.decode(target[:-2]) == "It ended"
+    assert layout.target_ids("It ended.", 4, "asr") == tok("It ")["input_ids"] + [layout.stop_id]  # capped
+    # finish: cut at the first quote, even inside a merged token; special tokens dropped; stripped
+    assert layout.finish("asr", tok(' It ended." And "more"')["input_ids"] + [layout.stop_id]) == "It ended."
+    assert layout.finish("asr", tok("no quote")["input_ids"] + [layout.stop_id]) == "no quote"
+    assert layout.finish("ast-en-de", tok(' Er sagte "ja". ')["input_ids"]) == 'Er sagte "ja".'
+
+
+def test_text_layout_is_the_speech_layout_with_text_in_place_of_speech():
+    """The gold-input ceiling's prompt holds the text exactly where the speech embeddings go (a byte
+    tokenizer merges nothing across the seams, so the token ids line up)."""
+    for chat in (True, False):
+        layout = make(chat=chat).layout
+        for task in ("asr", "ast-en-de", "Say it."):
+            before, after = layout.pieces(task)
+            assert layout.text_ids(task, "  two words ") == before + layout._ids("two words") + after
 
 
 def test_loss_equals_the_standard_causal_lm_loss():
@@ -95,7 +173,9 @@ def test_left_padded_batch_ends_where_generation_starts():
         n = int(right["attention_mask"][i].sum())
         assert left["attention_mask"][i, -n:].all() and not left["attention_mask"][i, :-n].any()
         torch.testing.assert_close(left["inputs_embeds"][i, -n:], right["inputs_embeds"][i, :n])
-    last = model.llm.get_input_embeddings().weight[model.layout.pieces("asr")[1][-1]]
+    start = model.layout.pieces("asr")[1][-1]
+    assert model.tokenizer.decode([start]) == '"'  # generation starts after the pre-filled opening quote
+    last = model.llm.get_input_embeddings().weight[start]
     torch.testing.assert_close(left["inputs_embeds"][:, -1], last.expand(2, -1))
 
 
@@ -148,11 +228,169 @@ def test_instructions_are_part_of_the_saved_model_and_its_key(tmp_path):
     legacy = SlamModel.load(tmp_path / "saved")
     assert legacy.config.prompts == LEGACY_PROMPTS
     assert legacy.tokenizer.decode(legacy.layout.pieces("asr")[1]).startswith("\nTranscribe the speech.")
-    # another instruction is another trained model in the shared cache
+    # a layout dict (the default ASR one, and a custom one) is saved and reloaded as it is
+    quoted = {**PROMPTS, "ast-en-de": {"user": "English: {speech}", "answer_prefix": "German: ", "stop": "\n"}}
+    model = make(llm_name=llm_dir, prompts=quoted)
+    model.save(tmp_path / "saved_quoted")
+    loaded = SlamModel.load(tmp_path / "saved_quoted")
+    assert loaded.config.prompts == quoted and loaded.config.prompts["asr"] == QUOTED_COPY
+    for task in ("asr", "ast-en-de"):
+        assert loaded.layout.pieces(task) == model.layout.pieces(task)
+        assert loaded.layout.stop_ids(task) == model.layout.stop_ids(task)
+    assert loaded.tokenizer.decode(loaded.layout.pieces("ast-en-de")[1]).endswith("assistant\nGerman: ")
+    # another instruction or layout is another trained model in the shared cache
     data = TrainData([], "fingerprint")
-    assert slam_run_dir(SlamConfig(), TrainConfig(), data) != slam_run_dir(SlamConfig(prompts=custom), TrainConfig(), data)
+    keys = {slam_run_dir(SlamConfig(prompts=p), TrainConfig(), data) for p in (PROMPTS, custom, quoted)}
+    assert len(keys) == 3 and slam_run_dir(SlamConfig(), TrainConfig(), data) in keys
 
 
 def test_length_mismatch_is_user_error():
     with pytest.raises(UserError):
         make().embed_batch(feats(3, 4), ["asr"], None)
+
+
+# -- CTC compression: what the LLM reads per segment ----------------------------------------------------
+W = 48  # the tiny LLM's width
+CTC_VOCAB = [3, 7, 11, 20, 40]
+
+
+def ctc_head(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    head = CtcHead(W, CTC_VOCAB)
+    with torch.no_grad():
+        head.blank.copy_(torch.randn(W, generator=g))
+        head.scale.fill_(0.5)
+    return head
+
+
+def planned_frames(head, table, plan, seed=0):
+    """Frames whose CTC label is ``plan[t]`` (an index into the head's vocab, or 'b' for blank)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [head.blank.detach() if p == "b" else table[CTC_VOCAB[p]] for p in plan]
+    return torch.stack([3 * r + 0.1 * torch.randn(W, generator=g) for r in rows])
+
+
+def runs_of_labels(labels, blank):
+    """Reference: CTC's collapse (merge repeats, then drop blanks) — one segment per emitted label."""
+    out = []
+    for i, lab in enumerate(labels):
+        if lab != blank and (i == 0 or labels[i - 1] != lab):
+            out.append(lab)
+    return out
+
+
+def test_ctc_compress_mean_hard_and_soft():
+    torch.manual_seed(0)
+    table = torch.randn(60, W)
+    head = ctc_head()
+    plan = [0, 0, "b", 0, 1, 1, 2, "b", "b", 2, 3, 4, 4, "b"]
+    frames = planned_frames(head, table, plan)
+    labels = head.labels(frames, table).tolist()
+    blank = head.blank_id
+    assert labels == [blank if p == "b" else p for p in plan]  # the frames carry the planned labels
+    expected = runs_of_labels(labels, blank)
+    assert expected == [0, 0, 1, 2, 2, 3, 4]  # a blank between equal labels makes two segments
+    mean, = head.compress([frames], table, "mean")
+    hard, = head.compress([frames], table, "hard")
+    assert mean.shape == hard.shape == (len(expected), W)
+    # mean: the average of the segment's frames (segment 2 = frames 4, 5; segment 6 = frames 11, 12)
+    torch.testing.assert_close(mean[2], frames[4:6].mean(0))
+    torch.testing.assert_close(mean[6], frames[11:13].mean(0))
+    torch.testing.assert_close(mean[0], frames[0:2].mean(0))
+    # hard: the token embedding of each segment's label
+    torch.testing.assert_close(hard, table[[CTC_VOCAB[e] for e in expected]])
+    # soft → hard as the temperature → 0; at a high one a mixture of embeddings (these frames are sharp)
+    cold, = head.compress([frames], table, "soft", temperature=1e-4)
+    torch.testing.assert_close(cold, hard)
+    warm, = head.compress([frames], table, "soft", temperature=30.0)
+    assert warm.shape == hard.shape and not torch.allclose(warm, hard, atol=1e-3)
+    # soft at T: the segment's mean posterior over the non-blank vocabulary times the embeddings
+    p = torch.softmax(head.logits(frames[4:6], table)[:, :-1] / 30.0, -1).mean(0)
+    assert p.max() < 0.9  # a real mixture
+    torch.testing.assert_close(head.compress([frames], table, "soft", temperature=30.0)[0][2],
+                               p @ table[CTC_VOCAB])
+
+
+def test_ctc_compress_segments_random_frames_and_all_blank():
+    torch.manual_seed(1)
+    table = torch.randn(60, W)
+    head = ctc_head(1)
+    frames = [torch.randn(n, W) for n in (1, 7, 40, 33)]
+    for f, mean, hard, cold in zip(frames, head.compress(frames, table), head.compress(frames, table, "hard"),
+                                   head.compress(frames, table, "soft", 1e-4)):
+        labels = head.labels(f, table).tolist()
+        n = len(runs_of_labels(labels, head.blank_id)) or 1
+        assert mean.shape[0] == hard.shape[0] == cold.shape[0] == n
+        torch.testing.assert_close(cold, hard)
+    assert len(set(len(runs_of_labels(head.labels(f, table).tolist(), head.blank_id)) for f in frames)) > 1
+    # every frame blank: one segment, the frame most likely to be a token, read as that token
+    blank_frames = planned_frames(head, table, ["b"] * 6)
+    assert (head.labels(blank_frames, table) == head.blank_id).all()
+    logits = head.logits(blank_frames, table)[:, :-1]
+    best = int(logits.max(-1).values.argmax())
+    for mode in ("mean", "hard", "soft"):
+        out, = head.compress([blank_frames], table, mode, 1e-4)
+        assert out.shape == (1, W)
+    torch.testing.assert_close(head.compress([blank_frames], table, "mean")[0][0], blank_frames[best])
+    torch.testing.assert_close(head.compress([blank_frames], table, "hard")[0][0],
+                               table[CTC_VOCAB[int(logits[best].argmax())]])
+    torch.testing.assert_close(head.compress([blank_frames], table, "soft", 1e-4)[0],
+                               head.compress([blank_frames], table, "hard")[0])
+
+
+def test_ctc_compress_bad_settings_are_user_errors():
+    head, table, f = ctc_head(), torch.randn(60, W), [torch.randn(5, W)]
+    with pytest.raises(UserError, match="ctc_embed"):
+        head.compress(f, table, "average")
+    for t in (0.0, -1.0, float("nan")):
+        with pytest.raises(UserError, match="ctc_temperature"):
+            head.compress(f, table, "soft", t)
+
+
+def ctc_model(embed, temperature=1.0, **kw):
+    model = make(ctc_compress=True, ctc_embed=embed, ctc_temperature=temperature, **kw)
+    torch.manual_seed(3)
+    model.ctc = CtcHead(W, list(range(0, 200, 3)))
+    with torch.no_grad():
+        model.ctc.blank.normal_()
+        model.ctc.scale.fill_(3.0)
+    return model
+
+
+def test_embed_batch_reads_the_configured_ctc_embedding():
+    f = feats(40, 23)
+    for embed, t in (("mean", 1.0), ("hard", 1.0), ("soft", 0.5), ("soft", 1.0)):
+        model = ctc_model(embed, t)
+        batch = model.embed_batch(f, "asr")
+        before = len(model.layout.pieces("asr")[0])
+        segs = model.ctc.compress(model.projector(f), model.llm.get_input_embeddings().weight, embed, t)
+        assert min(s.shape[0] for s in segs) < 8  # compressed from 8 and 5 projected frames
+        for i, sp in enumerate(segs):
+            torch.testing.assert_close(batch["inputs_embeds"][i, before : before + sp.shape[0]], sp)
+    # the temperature matters: soft at 0.5 is not soft at 1.0
+    a = ctc_model("soft", 0.5).embed_batch(f, "asr")["inputs_embeds"]
+    b = ctc_model("soft", 1.0).embed_batch(f, "asr")["inputs_embeds"]
+    assert not torch.allclose(a, b)
+
+
+def test_soft_ctc_embedding_passes_gradients_to_the_projector():
+    f, t = feats(40, 23), ["hello", "world"]
+    for embed in ("soft", "mean"):
+        model = ctc_model(embed)
+        model(f, "asr", t)["loss"].backward()
+        grads = [p.grad for p in model.projector.parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), embed
+    model = ctc_model("hard")  # a label's embedding does not depend on the projector's output
+    assert not model(f, "asr", t)["loss"].requires_grad
+
+
+def test_ctc_embedding_settings_survive_save_and_load(tmp_path):
+    llm_dir = save_tiny_llm(tmp_path / "llm")
+    model = ctc_model("soft", 0.7, llm_name=llm_dir)
+    f = feats(40, 23)
+    model.save(tmp_path / "saved")
+    loaded = SlamModel.load(tmp_path / "saved")
+    assert (loaded.config.ctc_compress, loaded.config.ctc_embed, loaded.config.ctc_temperature) == (True, "soft", 0.7)
+    torch.testing.assert_close(loaded.embed_batch(f, "asr")["inputs_embeds"],
+                               model.embed_batch(f, "asr")["inputs_embeds"])
+    assert loaded.generate(f, max_new_tokens=6) == model.generate(f, max_new_tokens=6)

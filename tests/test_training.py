@@ -132,11 +132,19 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
     whisper = save_tiny_whisper(tmp_path / "whisper")
     llm = save_tiny_llm(tmp_path / "llm")
     manifest = write_manifest_dir(tmp_path / "corpus", texts=["a b", "c d e", "f g", "h", "i j"])
-    model, run = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, progress=False)
-    assert run.steps == {"ctc": 3, "slam": 5} and model.config.ctc_compress and model.ctc is not None
+    model, run = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, ctc_steps=3,
+                              progress=False)
+    assert run.steps == {"slam": 5} and run.warm_start.steps == {"ctc": 3}
+    assert model.config.ctc_compress and model.config.ctc_embed == "soft" and model.ctc is not None
     assert [e.id for e in run.data.examples] == ["u0", "u1", "u2"]
-    again, run2 = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, progress=False)
+    assert run.total_minutes == run.minutes + run.warm_start.minutes
+    again, run2 = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, ctc_steps=3,
+                               progress=False)
     assert run2.key == run.key and torch.equal(again.projector.net[0].weight, model.projector.net[0].weight)
+    # the LoRA variant starts from the same (cached) warm start, and 0 next-token steps reads it as it is
+    lora, run3 = trained_slam(whisper, llm, manifest, steps=0, recipe="cpu", train_limit=3, ctc_steps=3,
+                              lora={"r": 2}, progress=False)
+    assert run3.warm_start.out_dir == run.warm_start.out_dir and run3.key != run.key and run3.steps == {}
     paper, other = trained_slam(whisper, llm, manifest, steps=5, recipe="paper", train_limit=3, progress=False)
     assert other.key != run.key and other.steps == {"slam": 5} and paper.ctc is None
     with pytest.raises(UserError, match="unknown training recipe"):
@@ -153,7 +161,7 @@ def test_trained_slam_steps_per_decoder_and_warm_start_length(tmp_path):
     manifest = write_manifest_dir(tmp_path / "corpus", durations=(0.7, 1.3, 2.2), texts=["a b", "c d e", "f g"])
     _, run = trained_slam(whisper, llm, manifest, steps={str(llm): 3, "other": 9}, recipe="cpu", ctc_steps=2,
                           progress=False)
-    assert run.steps == {"ctc": 2, "slam": 3}
+    assert run.steps == {"slam": 3} and run.warm_start.steps == {"ctc": 2}
     with pytest.raises(UserError, match="no number for decoder"):
         trained_slam(whisper, llm, manifest, steps={"other": 3}, progress=False)
     with pytest.raises(UserError, match="no CTC warm start"):
@@ -193,3 +201,75 @@ def test_retraining_from_scratch_reproduces_the_weights(tmp_path):
     assert torch.equal(again.projector.net[0].weight, first.projector.net[0].weight)  # … the same model
     other, _ = trained_slam(whisper, llm, manifest, steps=2, seed=4, progress=False)
     assert not torch.equal(other.projector.net[0].weight, first.projector.net[0].weight)
+
+
+def test_ctc_weight_adds_the_ctc_loss_to_the_next_token_loss(tmp_path):
+    """From the same warm start, step 1's loss grows by ctc_weight × the CTC loss (linear in the weight);
+    the CTC head stays fixed and the projector learns from the extra term."""
+    data, losses, models = toy_data(), {}, {}
+    for w in (0.0, 1.0, 2.0):
+        model = make()
+        cfg = TrainConfig(steps=2, batch_size=8, lr=5e-3, warmup_steps=1, log_every=1, ctc_warmup_steps=3,
+                          ctc_batch_size=8, ctc_lr=3e-2, ctc_weight=w)
+        result = train(model, data, cfg, tmp_path / f"w{w}", progress=False)
+        losses[w] = [h["loss"] for h in result.history if h["phase"] == "slam" and "loss" in h]
+        models[w] = model
+    d1, d2 = losses[1.0][0] - losses[0.0][0], losses[2.0][0] - losses[1.0][0]
+    assert d1 > 0.01 and d2 == pytest.approx(d1, rel=1e-4)
+    for w in (1.0, 2.0):
+        assert all(torch.equal(p, q) for p, q in zip(models[0.0].ctc.parameters(), models[w].ctc.parameters()))
+        assert not torch.equal(models[0.0].projector.net[0].weight, models[w].projector.net[0].weight)
+    with pytest.raises(UserError, match="CTC head"):  # nothing to add the CTC loss through
+        train(make(), data, TrainConfig(steps=1, batch_size=4, ctc_weight=1.0), tmp_path / "no_head", progress=False)
+
+
+def test_init_from_starts_from_a_saved_projector_and_ctc_head(tmp_path):
+    """train_slam(init_from=…) begins where a saved model (e.g. a CTC warm start) ended: with lr = 0 the
+    result is that model's projector and CTC head; each init is its own cached run."""
+    from safetensors.torch import load_file
+
+    from speechllm_redundancy.training import train_slam
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    llm = save_tiny_llm(tmp_path / "llm")
+    manifest = write_manifest_dir(tmp_path / "corpus", durations=(0.7, 1.3, 2.2), texts=["a b", "c d e", "f g"])
+    cfg = SlamConfig(encoder=whisper, llm=llm, projector_hidden=32)
+    warm = {}
+    for name, seed in (("a", 0), ("b", 1)):  # two warm starts in directories of the same name
+        _, res = train_slam(cfg, TrainConfig(steps=0, seed=seed, ctc_warmup_steps=2, ctc_batch_size=2), manifest,
+                            out_dir=tmp_path / name / "warm", progress=False)
+        warm[name] = res.out_dir / "final"
+    frozen = TrainConfig(steps=1, batch_size=2, lr=0.0)
+    keys = {}
+    for name in ("a", "b"):
+        model, run = train_slam(cfg, frozen, manifest, init_from=warm[name], progress=False)
+        proj = load_file(str(warm[name] / "projector.safetensors"))
+        ctc = load_file(str(warm[name] / "ctc.safetensors"))
+        assert all(torch.equal(v, proj[k]) for k, v in model.projector.state_dict().items()), name
+        assert model.ctc is not None and all(torch.equal(v, ctc[k]) for k, v in model.ctc.state_dict().items())
+        keys[name] = run.key
+    assert not torch.equal(load_file(str(warm["a"] / "projector.safetensors"))["net.0.weight"],
+                           load_file(str(warm["b"] / "projector.safetensors"))["net.0.weight"])
+    scratch, run = train_slam(cfg, frozen, manifest, progress=False)
+    assert scratch.ctc is None and len({keys["a"], keys["b"], run.key}) == 3
+    again, run = train_slam(cfg, frozen, manifest, init_from=warm["a"], progress=False)  # a cache hit
+    assert run.key == keys["a"]
+    with pytest.raises(UserError, match="not a saved SLAM model"):
+        train_slam(cfg, frozen, manifest, init_from=tmp_path / "corpus", progress=False)
+
+
+def test_auto_mixed_precision_follows_native_bf16_on_cpus(monkeypatch, tmp_path):
+    """'auto' trains in bf16 only where the CPU computes it natively (emulated bf16 is slower than float32);
+    the flags are read from /proc/cpuinfo."""
+    from speechllm_redundancy import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert training.resolve_mixed_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    assert training.resolve_mixed_precision("auto", "cpu") == "no"
+    assert training.resolve_mixed_precision("no", "cpu") == "no"
+    with pytest.raises(UserError, match="use auto, no or bf16"):
+        training.resolve_mixed_precision("fp8", "cpu")
+    monkeypatch.undo()
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    assert training.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)

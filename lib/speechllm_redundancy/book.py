@@ -2,7 +2,8 @@
 
 Chapters are jupytext percent-format notebooks (`notebooks/NN_name.py`); a profile (`profiles/*.yaml`)
 says which models, corpus and parameters every chapter runs with. Executed notebooks go to
-`artifacts/executed/<profile>/` (never into git), the staged book and its HTML to `artifacts/book/<profile>/`.
+`artifacts/executed/<profile>/` (never into git), each beside the results fragment its run recorded (see
+results.py); the staged book, its HTML and the merged `results.json` to `artifacts/book/<profile>/`.
 Rendering never executes anything: pages come already executed, so the build is fast and reproducible.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from speechllm_redundancy import results
 from speechllm_redundancy.cache import atomic_path, atomic_write_text
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import REPO_ROOT, artifacts_dir
@@ -219,6 +221,15 @@ def executed_path(profile: Profile, stem: str) -> Path:
     return artifacts_dir() / "executed" / profile.name / f"{stem}.ipynb"
 
 
+def fragment_path(profile: Profile, stem: str) -> Path:
+    """What the chapter's last successful execution recorded (results.py), beside its executed notebook."""
+    return executed_path(profile, stem).with_suffix(".results.json")
+
+
+def results_path(profile: Profile) -> Path:
+    return book_dir(profile) / "results.json"
+
+
 def library_mtime() -> float:
     """When the library was last edited: a chapter executed before that may say what the code no longer does
     (a verdict's wording, a chance level), so it is re-run — cheaply, its models and points being cached."""
@@ -229,7 +240,7 @@ def is_fresh(profile: Profile, stem: str) -> bool:
     """Executed after the last edit of its source, its profile and the library, with the parameters the
     profile gives now."""
     out = executed_path(profile, stem)
-    if not out.exists():
+    if not out.exists() or not fragment_path(profile, stem).exists():
         return False
     source = NOTEBOOKS_DIR / f"{stem}.py"
     if out.stat().st_mtime < max(source.stat().st_mtime, profile.path.stat().st_mtime, library_mtime()):
@@ -247,7 +258,7 @@ def run_chapter(profile: Profile, stem: str, kernel: str) -> Path:
 
     out = executed_path(profile, stem)
     failed = out.with_suffix(".failed.ipynb")
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, results.collecting(fragment_path(profile, stem), stem):
         try:
             papermill.execute_notebook(read_chapter(stem), str(tmp), parameters=profile.parameters(stem),
                                        kernel_name=kernel, language="python", cwd=str(NOTEBOOKS_DIR),
@@ -278,7 +289,20 @@ def run_chapters(profile: Profile, chapters: list[str] | None = None, force: boo
             run_chapter(profile, stem, kernel)
             print(f"{prefix}: done in {time.perf_counter() - start:.1f} s", flush=True)
         outputs.append(executed_path(profile, stem))
+    print(f"results: {results.write(results_path(profile), merged_results(profile))}", flush=True)
     return outputs
+
+
+def merged_results(profile: Profile, require: list[str] | None = None) -> dict:
+    """The results file of ``profile``: the fragments of its executed chapters merged; every chapter in
+    ``require`` must have one."""
+    missing = [s for s in require or [] if not fragment_path(profile, s).exists()]
+    if missing:
+        raise UserError(f"{', '.join(missing)} (profile {profile.name}) recorded no results (executed before "
+                        f"results were recorded, or by hand): re-run `make notebooks PROFILE={profile.name}`")
+    fragments = {s: json.loads(fragment_path(profile, s).read_text()) for s in chapter_stems()
+                 if fragment_path(profile, s).exists()}
+    return results.merge(fragments, profile.name, profile.description)
 
 
 # ----------------------------------------------------------------------------------------------- MathJax
@@ -373,6 +397,8 @@ def stage_book(profile: Profile) -> Path:
         if not is_fresh(profile, stem):
             print(f"note: {stem} was executed before its source, profile or the library last changed; "
                   f"`make notebooks PROFILE={profile.name}` brings it up to date", file=sys.stderr)
+    merged = merged_results(profile, require=toc_chapters())
+    page = results.page((PAGES_DIR / "results.md").read_text(), merged)
     stage = book_dir(profile)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -382,6 +408,9 @@ def stage_book(profile: Profile) -> Path:
     atomic_write_text(stage / "_config.yml", yaml.safe_dump(config, sort_keys=False))
     shutil.copyfile(REPO_ROOT / "_toc.yml", stage / "_toc.yml")
     shutil.copytree(PAGES_DIR, stage / "book", ignore=shutil.ignore_patterns("_build", ".*"))
+    # the results page, filled from results.json (which it offers for download)
+    results.write(results_path(profile), merged)
+    atomic_write_text(stage / "book" / "results.md", page)
     (stage / "notebooks").mkdir()
     for stem in toc_chapters():
         shutil.copyfile(executed_path(profile, stem), stage / "notebooks" / f"{stem}.ipynb")
@@ -400,7 +429,7 @@ def render(profile: Profile) -> Path:
         raise UserError(f"jupyter-book build of {stage} reported warnings or errors (printed above): fix "
                         "them in the pages (book/, _config.yml, _toc.yml) or the chapters, then re-render")
     html = stage / "_build" / "html"
-    print(f"book: {html / 'index.html'}", flush=True)
+    print(f"book: {html / 'index.html'}\nresults: {results_path(profile)}", flush=True)
     return html
 
 
@@ -413,17 +442,24 @@ class Verdict(str):
 
 
 def settings_table(settings: dict[str, Any]):
-    """The "This run" table each chapter ends with: every setting it ran with, values as text."""
+    """The "This run" table each chapter ends with: every setting it ran with, values as text (and, under
+    `book run`, in the results file)."""
     import pandas as pd
 
+    results.record_settings(settings)
     return pd.Series({name: str(value) for name, value in settings.items()}, name="value").to_frame()
 
 
-def glue_verdict(claim: int, verdict: str) -> None:
-    """Publish a chapter's verdict on one of the paper's claims; the results summary page pastes it."""
+def glue_verdict(claim: int, holds: bool | None, finding: str, *, variant: str,
+                 recipe: str | None = None) -> None:
+    """Publish a chapter's verdict on one of the paper's claims: ``holds`` is the chapter's decision (None:
+    not testable), ``finding`` the numbers behind it, ``variant`` and ``recipe`` what it was computed on.
+    The verdict reads "<status> on this run (<variant>, <recipe> recipe): <finding>"; it goes to the results
+    file (the results page renders from it) and is glued as `claim_<n>`."""
     from myst_nb import glue
 
-    glue(f"claim_{claim}", Verdict(verdict), display=False)
+    text = results.record_claim(claim, holds, finding, variant=variant, recipe=recipe)
+    glue(f"claim_{claim}", Verdict(text), display=False)
 
 
 # --------------------------------------------------------------------------------------------------- CLI

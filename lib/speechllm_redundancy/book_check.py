@@ -19,11 +19,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.results import CLAIMS as _CLAIMS
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-CLAIMS = 7
+CLAIMS = len(_CLAIMS)
 
 
 def image_outputs(notebook: Path) -> int:
@@ -124,7 +125,7 @@ def _page_problems(page, rel: str, executed: dict[str, Path]) -> list[str]:
             pass
         if page.locator("mjx-container").count() < 5:
             found.append("formulas not typeset by MathJax")
-    if rel == "book/results.html":  # every claim's verdict glued in from its chapter
+    if rel == "book/results.html":  # every claim's verdict, rendered from results.json
         rows = page.locator("table").first.locator("tbody tr")
         verdicts = [rows.nth(i).locator("td").last.inner_text().strip() for i in range(rows.count())]
         if len(verdicts) != CLAIMS or not all(verdicts):

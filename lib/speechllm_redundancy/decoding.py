@@ -23,8 +23,9 @@ def _cache_kwarg(llm) -> str:
 
 @torch.inference_mode()
 def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | Sequence[int],
-           stop_ids: Iterable[int | None], pad_id: int) -> list[list[int]]:
-    """Generate token ids per row until a stop id (not returned) or the row's token cap.
+           stop_ids: Iterable[int | None], pad_id: int, keep_stop: bool = False) -> list[list[int]]:
+    """Generate token ids per row until a stop id or the row's token cap. The stop token itself is
+    returned only with ``keep_stop`` (a stop *string* may share its token with text, e.g. '."').
 
     ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L) must be left-padded (real tokens last).
     """
@@ -42,19 +43,22 @@ def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_n
     done = torch.zeros(b, dtype=torch.bool, device=mask.device)
     caps_t = torch.tensor(caps, device=mask.device)
     lengths = torch.zeros(b, dtype=torch.long, device=mask.device)
-    tokens: list[torch.Tensor] = []
+    raw: list[torch.Tensor] = []  # each step's argmax (finished rows are fed padding instead)
     for step in range(max(caps)):
         nxt = out.logits[:, -1].argmax(-1)
-        done |= torch.isin(nxt, stops) | (step >= caps_t)
-        lengths += (~done).long()
-        tokens.append(torch.where(done, torch.full_like(nxt, pad_id), nxt))
+        capped = step >= caps_t
+        hit = torch.isin(nxt, stops) & ~done & ~capped
+        done |= hit | capped
+        lengths += (~done).long() + (hit.long() if keep_stop else 0)
+        raw.append(nxt)
         if done.all() or step + 1 >= max(caps):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = llm(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=next_pos,
+        fed = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        out = llm(input_ids=fed[:, None], attention_mask=mask, position_ids=next_pos,
                   use_cache=True, **cache)
         next_pos = next_pos + 1
-    if not tokens:
+    if not raw:
         return [[] for _ in range(b)]
-    seq = torch.stack(tokens, 1).tolist()
+    seq = torch.stack(raw, 1).tolist()  # within a row's length these are its tokens (and stop, if kept)
     return [row[:n] for row, n in zip(seq, lengths.tolist())]

@@ -31,18 +31,68 @@ from speechllm_redundancy.layers import decoder_stack
 FORMAT_VERSION = 1
 SPEECH_PLACEHOLDER = "<<SPEECH>>"
 
-# Instructions per task; a prompt not named here is used verbatim. The ASR wording matters for a frozen
-# decoder: fed the *gold* transcript's token embeddings in place of speech (24 test-clean utterances),
-# frozen SmolLM2-135M-Instruct copies it at 69 % WER after "Transcribe the speech.", 65 % after "Repeat the
-# speech above exactly." and 38 % after this one; an instruction naming speech invites commentary.
+# How each task's request is laid out around the speech. A value is either an instruction (the speech,
+# then a newline, then the instruction: the layout of SLAM-ASR) or a PromptFormat dict:
+#   user           the user turn, with {speech} where the speech embeddings go
+#   answer_prefix  text the assistant turn starts with (pre-filled, no loss; e.g. an opening quote)
+#   stop           text that ends the answer, or a list of such texts (decoding stops at the first token
+#                  containing one; the answer is cut there; training appends the first); the turn-end
+#                  token always stops too
+# The layout bounds what a frozen decoder can do: given the *gold* transcript as text in place of speech,
+# frozen SmolLM2-135M-Instruct copies 24 test-clean sentences at 44 % WER after "{text}\nRepeat the words
+# above exactly." and at 13 % with the quoted layout below (benchmarks/gold_ceiling.py measures this
+# "gold-input ceiling" per decoder and task; book/method.md has the table).
+QUOTED_COPY = {"user": '"{speech}"\nCopy the quoted sentence exactly, nothing else.', "answer_prefix": '"',
+               "stop": ['"', "\n"]}
 PROMPTS = {
-    "asr": "Repeat the words above exactly.",
+    "asr": QUOTED_COPY,
     "ast-en-de": "Translate the English speech into German.",
     "ast-fr-en": "Translate the French speech into English.",
 }
 
 # what models saved before prompts were part of SlamConfig were trained with (format 1 without "prompts")
 LEGACY_PROMPTS = {**PROMPTS, "asr": "Transcribe the speech."}
+
+SPEECH_SLOT = "{speech}"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """One task's layout: the user turn around the speech, a pre-filled answer start, a stop string."""
+
+    user: str
+    answer_prefix: str = ""
+    stop: str | tuple[str, ...] | None = None
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """The stop strings, the one training appends first."""
+        return () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @classmethod
+    def of(cls, spec: "str | dict | PromptFormat") -> "PromptFormat":
+        if isinstance(spec, PromptFormat):
+            return spec
+        if isinstance(spec, str):
+            return cls(f"{SPEECH_SLOT}\n{spec}")
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"user", "answer_prefix", "stop"}
+            if unknown or "user" not in spec:
+                raise UserError(f"prompt format {spec!r}: use keys user (with {SPEECH_SLOT}), answer_prefix, stop.")
+            fmt = cls(**spec)
+        else:
+            raise UserError(f"prompt {spec!r}: give an instruction string or a dict with user/answer_prefix/stop.")
+        if fmt.user.count(SPEECH_SLOT) != 1:
+            raise UserError(f"prompt format user={fmt.user!r} must contain {SPEECH_SLOT} exactly once.")
+        if fmt.stop is not None and (not fmt.stops or any(not isinstance(t, str) or not t for t in fmt.stops)):
+            raise UserError(f"prompt format stop={fmt.stop!r}: give a non-empty string or list of them (None: no stop).")
+        if not isinstance(fmt.user, str) or not isinstance(fmt.answer_prefix, str):
+            raise UserError(f"prompt format {spec!r}: user and answer_prefix must be strings.")
+        return fmt
+
+    def as_text(self, text: str) -> tuple[str, str]:
+        """(user turn, answer prefix) with ``text`` in place of the speech: the gold-input ceiling's prompt."""
+        return self.user.replace(SPEECH_SLOT, text), self.answer_prefix
 
 LORA_QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -62,6 +112,11 @@ class SlamConfig:
     system_prompt: str | None = ""  # system turn ("" = empty turn; None = the template's default, often long)
     prompts: dict = field(default_factory=lambda: dict(PROMPTS))  # task → instruction (part of the model's key)
     ctc_compress: bool = False  # keep only the speech frames the CTC head labels non-blank (needs a CTC warm start)
+    # what the LLM reads per CTC segment under ctc_compress: "mean" of the projected frames, "soft" = p·E
+    # (the segment's mean CTC posterior over the token vocabulary, blank removed, times the LLM's token
+    # embeddings: LegoSLM), or "hard" = the embedding of the segment's label (soft at temperature → 0)
+    ctc_embed: str = "mean"
+    ctc_temperature: float = 1.0  # softmax temperature of the posteriors in "soft"
     max_target_tokens: int = 256
     dtype: str = "float32"  # the LLM's weights; the projector always trains in float32
     whisper_window: str = "full"  # Whisper features: "full" 30 s window (faithful) or "trim" (~6x cheaper)
@@ -117,22 +172,39 @@ class CtcHead(nn.Module):
     def labels(self, frames: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         return self.logits(frames, embedding).argmax(-1)
 
-    def compress(self, speech: list[torch.Tensor], embedding: torch.Tensor) -> list[torch.Tensor]:
+    def compress(self, speech: list[torch.Tensor], embedding: torch.Tensor, embed: str = "mean",
+                 temperature: float = 1.0) -> list[torch.Tensor]:
+        """One vector per segment of frames sharing a non-blank label (see ``SlamConfig.ctc_embed``)."""
+        if embed not in ("mean", "soft", "hard"):
+            raise UserError(f"ctc_embed={embed!r}: use mean, soft or hard.")
+        if embed == "soft" and not temperature > 0:
+            raise UserError(f"ctc_temperature={temperature!r}: use a positive number (hard = the limit at 0).")
+        table = embedding[self.vocab]
         out = []
         for frames in speech:
-            lab = self.labels(frames, embedding)
+            logits = self.logits(frames, embedding)
+            lab = logits.detach().argmax(-1)
             keep = lab != self.blank_id
             if not keep.any():  # all blank: keep the frame most likely to be a token
-                keep[self.logits(frames, embedding)[:, :-1].max(-1).values.argmax()] = True
+                keep[logits.detach()[:, :-1].max(-1).values.argmax()] = True
+                lab = lab.clone()
+                lab[keep] = logits.detach()[keep, :-1].argmax(-1)
             idx = keep.nonzero()[:, 0]
             # a new segment starts where the label changes or a dropped frame intervenes
             new = torch.ones_like(idx, dtype=torch.bool)
             new[1:] = (lab[idx[1:]] != lab[idx[:-1]]) | (idx[1:] != idx[:-1] + 1)
             seg = new.cumsum(0) - 1
             n = int(seg[-1]) + 1
-            sums = frames.new_zeros(n, frames.shape[1]).index_add(0, seg, frames[idx])
-            counts = torch.bincount(seg, minlength=n).to(frames.dtype)[:, None]
-            out.append(sums / counts)
+            if embed == "hard":
+                out.append(table[lab[idx][new]].to(frames.dtype))
+                continue
+            if embed == "soft":
+                values = torch.softmax(logits[idx, :-1].float() / temperature, -1)
+            else:
+                values = frames[idx]
+            sums = values.new_zeros(n, values.shape[1]).index_add(0, seg, values)
+            mean = sums / torch.bincount(seg, minlength=n).to(values.dtype)[:, None]
+            out.append((mean @ table.to(mean.dtype)).to(frames.dtype) if embed == "soft" else mean)
         return out
 
 
@@ -144,7 +216,8 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32):
 
 
 class PromptLayout:
-    """Token pieces around the speech for each prompt, and the target's stop token."""
+    """Token pieces around the speech for each task's PromptFormat, the target's stop tokens, and the
+    same layout with text in place of speech (for gold-input ceilings)."""
 
     def __init__(self, tokenizer, use_chat_template: bool = True, system_prompt: str | None = None,
                  prompts: dict | None = None):
@@ -153,6 +226,7 @@ class PromptLayout:
         self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.system = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        self._stops: dict[tuple[str, ...], frozenset[int]] = {}
         self.stop_id = self._find_stop_id()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_id
 
@@ -175,25 +249,63 @@ class PromptLayout:
             raise UserError("the LLM's tokenizer has no end-of-sequence token: pick an LLM whose tokenizer has one.")
         return eos
 
+    def format(self, prompt: str) -> PromptFormat:
+        """The PromptFormat of a task name, or a literal instruction used as it is."""
+        return PromptFormat.of(self.prompts.get(prompt, prompt))
+
+    def _render(self, user: str, answer_prefix: str) -> str:
+        if self.chat:
+            text = self.tok.apply_chat_template(self.system + [{"role": "user", "content": user}],
+                                                tokenize=False, add_generation_prompt=True)
+        else:
+            text = f"{self.tok.bos_token or ''}{user}\n"
+        return text + answer_prefix
+
     def pieces(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Token ids before and after the speech for ``prompt`` (a task name or literal instruction)."""
+        """Token ids before and after the speech for ``prompt`` (a task name or literal instruction); the
+        second piece ends with the pre-filled answer start, where generation begins."""
         if prompt not in self._cache:
-            instruction = self.prompts.get(prompt, prompt)
-            if self.chat:
-                text = self.tok.apply_chat_template(
-                    self.system + [{"role": "user", "content": f"{SPEECH_PLACEHOLDER}\n{instruction}"}],
-                    tokenize=False, add_generation_prompt=True,
-                )
-                if SPEECH_PLACEHOLDER not in text:
-                    raise UserError("the chat template dropped the speech placeholder: set chat_template=False.")
-                before, after = text.split(SPEECH_PLACEHOLDER, 1)
-            else:
-                before, after = (self.tok.bos_token or ""), f"\n{instruction}\n"
+            fmt = self.format(prompt)
+            text = self._render(fmt.user.replace(SPEECH_SLOT, SPEECH_PLACEHOLDER), fmt.answer_prefix)
+            if SPEECH_PLACEHOLDER not in text:
+                raise UserError("the chat template dropped the speech placeholder: set chat_template=False.")
+            before, after = text.split(SPEECH_PLACEHOLDER, 1)
             self._cache[prompt] = (self._ids(before), self._ids(after))
         return self._cache[prompt]
 
-    def target_ids(self, text: str, max_tokens: int) -> list[int]:
-        return self._ids(text.strip())[: max_tokens - 1] + [self.stop_id]
+    def text_ids(self, prompt: str, text: str) -> list[int]:
+        """The whole prompt with ``text`` where the speech goes, tokenised as one string (what a text-only
+        user of the decoder would send): the input of the gold-input ceiling."""
+        fmt = self.format(prompt)
+        user, prefix = fmt.as_text(text.strip())
+        return self._ids(self._render(user, prefix))
+
+    def target_ids(self, text: str, max_tokens: int, prompt: str = "asr") -> list[int]:
+        """What the model learns to write: the text, the format's stop string, then the turn-end token."""
+        stops = self.format(prompt).stops
+        return self._ids(text.strip() + (stops[0] if stops else ""))[: max_tokens - 1] + [self.stop_id]
+
+    def stop_ids(self, prompt: str) -> frozenset[int]:
+        """Token ids that end generation for ``prompt``: the turn-end token, EOS, and every token whose
+        text contains the format's stop string (a BPE vocabulary merges e.g. '."' into one token)."""
+        stops = self.format(prompt).stops
+        if stops not in self._stops:
+            ids = {self.stop_id}
+            if self.tok.eos_token_id is not None:
+                ids.add(self.tok.eos_token_id)
+            if stops:
+                special = set(self.tok.all_special_ids)
+                texts = self.tok.batch_decode([[i] for i in range(len(self.tok))])
+                ids |= {i for i, t in enumerate(texts) if i not in special and any(s in t for s in stops)}
+            self._stops[stops] = frozenset(ids)
+        return self._stops[stops]
+
+    def finish(self, prompt: str, ids: Sequence[int]) -> str:
+        """Decoded answer: cut at the format's stop string, special tokens dropped, stripped."""
+        text = self.tok.decode(list(ids), skip_special_tokens=True)
+        for stop in self.format(prompt).stops:
+            text = text.split(stop, 1)[0]
+        return text.strip()
 
 
 class SlamModel(nn.Module):
@@ -251,11 +363,12 @@ class SlamModel(nn.Module):
         if self.config.ctc_compress:
             if self.ctc is None:
                 raise UserError("ctc_compress needs a CTC head: train with ctc_warmup_steps > 0 first.")
-            speech = self.ctc.compress(speech, embed.weight)
+            speech = self.ctc.compress(speech, embed.weight, self.config.ctc_embed, self.config.ctc_temperature)
         rows = []
         for i, sp in enumerate(speech):
             before, after = self.layout.pieces(prompts[i])
-            tgt = self.layout.target_ids(targets[i], self.config.max_target_tokens) if targets is not None else []
+            tgt = (self.layout.target_ids(targets[i], self.config.max_target_tokens, prompts[i])
+                   if targets is not None else [])
             rows.append((before, sp, after + tgt, len(tgt)))
         lengths = [len(b) + s.shape[0] + len(a) for b, s, a, _ in rows]
         total = max(lengths)
@@ -276,7 +389,8 @@ class SlamModel(nn.Module):
         embeds = embed(ids.to(embed.weight.device)).to(dev).clone()
         for i, sp in enumerate(speech):
             embeds[i, speech_at[i] : speech_at[i] + sp.shape[0]] = sp.to(embeds.dtype)
-        return {"inputs_embeds": embeds, "attention_mask": mask.to(dev), "labels": labels.to(dev)}
+        return {"inputs_embeds": embeds, "attention_mask": mask.to(dev), "labels": labels.to(dev),
+                "speech_lengths": [sp.shape[0] for sp in speech]}
 
     # -- training loss ------------------------------------------------------------------------------------
     def forward(self, features, prompts, targets) -> dict:
@@ -303,28 +417,33 @@ class SlamModel(nn.Module):
                  max_new_tokens: int = 200, batch_size: int = 16, tokens_per_frame: float = 1.0,
                  progress: bool = False) -> list[str]:
         """Greedy transcripts/translations. Each output is capped at ``max_new_tokens`` and at
-        16 + ``tokens_per_frame`` × its number of projected speech frames, so a babbling model stops early.
-        Utterances are batched by length (results do not depend on batching)."""
+        16 + ``tokens_per_frame`` × the speech positions the LLM reads (projected frames, or CTC segments
+        under compression: about one per spoken token), so a babbling model stops early.
+        Utterances are batched by length, apart per set of stop tokens (results do not depend on batching)."""
         from tqdm.auto import tqdm
 
         from speechllm_redundancy.decoding import greedy
 
         prompts = [task] * len(features) if isinstance(task, str) else list(task)
-        order = sorted(range(len(features)), key=lambda i: features[i].shape[0])
+        # a batch holds rows with one set of stop tokens (tasks may stop at different strings)
+        groups: dict[frozenset[int], list[int]] = {}
+        for i in sorted(range(len(features)), key=lambda i: features[i].shape[0]):
+            groups.setdefault(self.layout.stop_ids(prompts[i]), []).append(i)
+        batches = [(stops, g[s : s + batch_size]) for stops, g in groups.items()
+                   for s in range(0, len(g), batch_size)]
         out: list[str] = [""] * len(features)
         was_training = self.training
         self.eval()
         try:
-            for s in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress):
-                idx = order[s : s + batch_size]
+            for stops, idx in tqdm(batches, desc="decode", disable=not progress):
                 feats = [features[i] for i in idx]
                 batch = self.embed_batch(feats, [prompts[i] for i in idx], padding_side="left")
-                caps = [min(max_new_tokens, 16 + int(tokens_per_frame * math.ceil(f.shape[0] / self.config.k)))
-                        for f in feats]
-                seqs = greedy(self.llm, batch["inputs_embeds"], batch["attention_mask"], caps,
-                              stop_ids={self.layout.stop_id, self.tokenizer.eos_token_id}, pad_id=self.layout.pad_id)
-                for i, ids in zip(idx, seqs):
-                    out[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                caps = [min(max_new_tokens, 16 + int(tokens_per_frame * n)) for n in batch["speech_lengths"]]
+                row_prompts = [prompts[i] for i in idx]
+                seqs = greedy(self.llm, batch["inputs_embeds"], batch["attention_mask"], caps, stop_ids=stops,
+                              pad_id=self.layout.pad_id, keep_stop=True)
+                for i, p, ids in zip(idx, row_prompts, seqs):
+                    out[i] = self.layout.finish(p, ids)
         finally:
             self.train(was_training)
         return out
@@ -368,8 +487,9 @@ class SlamModel(nn.Module):
                           str(tmp / "ctc.safetensors"))
         return directory
 
-    def load_weights(self, directory: str | os.PathLike) -> None:
-        """Load a saved projector and adapter weights into this model (its adapters must already exist)."""
+    def load_weights(self, directory: str | os.PathLike, adapters: bool = True) -> None:
+        """Load a saved projector, CTC head and (with ``adapters``) adapter weights into this model (its
+        adapters must already exist)."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -381,7 +501,7 @@ class SlamModel(nn.Module):
             self.ctc = CtcHead(state["blank"].shape[0], state["vocab"].tolist()).to(self.device)
             self.ctc.load_state_dict(state)
             self.ctc.requires_grad_(False)
-        if not meta["peft"]:
+        if not meta["peft"] or not adapters:
             return
         states = load_file(str(directory / "adapters.safetensors"))
         for name in meta["peft"]:

@@ -45,9 +45,19 @@ def register(subparsers) -> None:
     tr.add_argument("--whisper-window", default=SlamConfig.whisper_window, choices=("trim", "full"))
     tr.add_argument("--no-chat-template", action="store_true")
     tr.add_argument("--ctc-compress", action="store_true",
-                    help="feed the LLM one vector per CTC label run (needs --ctc-warmup-steps > 0)")
+                    help="feed the LLM one vector per CTC label run (needs a CTC head: --ctc-warmup-steps > 0 "
+                         "or --init-from)")
+    tr.add_argument("--ctc-embed", default=SlamConfig.ctc_embed, choices=("mean", "soft", "hard"),
+                    help="what the LLM reads per CTC segment: mean projected frame, p·E (soft) or the label's embedding")
+    tr.add_argument("--ctc-temperature", type=float, default=SlamConfig.ctc_temperature,
+                    help="softmax temperature of the posteriors in --ctc-embed soft")
+    tr.add_argument("--init-from", help="start from this saved SLAM model's projector and CTC head "
+                                        "(e.g. a CTC warm start's final/)")
     for f in fields(TrainConfig):  # every training setting is a flag (--steps, --lr, --ctc-warmup-steps …)
         if f.name in ("betas", "log_every", "mixed_precision"):
+            continue
+        if isinstance(f.default, bool):
+            tr.add_argument("--" + f.name.replace("_", "-"), action="store_const", const=True, help=f"default {f.default}")
             continue
         kind = float if isinstance(f.default, float) or f.name == "max_minutes" else int
         tr.add_argument("--" + f.name.replace("_", "-"), type=kind, help=f"default {f.default}")
@@ -88,11 +98,12 @@ def _train(args) -> int:
     lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": 0.05} if args.lora else None
     slam_cfg = SlamConfig(encoder=args.encoder, llm=args.llm, k=args.k, lora=lora,
                           chat_template=not args.no_chat_template, whisper_window=args.whisper_window,
-                          ctc_compress=args.ctc_compress)
+                          ctc_compress=args.ctc_compress, ctc_embed=args.ctc_embed,
+                          ctc_temperature=args.ctc_temperature)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, result = train_slam(slam_cfg, cfg, args.train, task=args.task, out_dir=args.out,
                                eval_manifest=args.eval, eval_every=args.eval_every, eval_limit=args.eval_limit,
-                               train_limit=args.train_limit)
+                               train_limit=args.train_limit, init_from=args.init_from)
     last = [h for h in result.history if "loss" in h][-1:] or [{}]
     print(f"trained {result.steps} in {result.minutes:.1f} min; last loss {last[0].get('loss', float('nan')):.3f}")
     for h in result.history:

@@ -17,6 +17,7 @@ tokens — cheap (no LLM forward) and it makes projector-only training converge 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -61,6 +62,8 @@ class TrainConfig:
     ctc_warmup_steps: int = 0
     ctc_lr: float = 2e-3
     ctc_batch_size: int = 16
+    ctc_weight: float = 0.0  # CTC loss kept beside the next-token loss afterwards (holds the compression in place)
+    freeze_projector: bool = False  # next-token phase trains only the adapters (the warm start's projector stays)
     max_minutes: float | None = None  # stop (and save) once this much training time has passed
 
     def key(self) -> str:
@@ -94,6 +97,12 @@ class TrainResult:
     minutes: float = 0.0
     steps: dict = field(default_factory=dict)  # phase → steps done
     data: TrainData | None = None  # what it trained on (set by train_slam: healing runs reuse it)
+    warm_start: "TrainResult | None" = None  # the shared CTC warm start it began from (trained_slam, cpu recipe)
+
+    @property
+    def total_minutes(self) -> float:
+        """Training minutes including the warm start (which other models may share)."""
+        return self.minutes + (self.warm_start.minutes if self.warm_start else 0.0)
 
     @property
     def key(self) -> str:
@@ -122,15 +131,25 @@ def make_data(store, utterances, task: str = "asr") -> TrainData:
 
 # -- pieces ---------------------------------------------------------------------------------------------
 def resolve_mixed_precision(choice: str, device: torch.device | str) -> str:
-    """"auto": bf16 on CUDA GPUs that support it; on CPUs "no" — measured slower without native bf16
-    matmul (this project's 2-core AVX2 machine: see benchmarks/slam_training.py)."""
+    """"auto": bf16 where the hardware computes it natively — CUDA GPUs that support it, and CPUs with
+    AVX512-BF16 or AMX (measured on such a 2-core CPU: a SmolLM2-135M training step 1.55× faster, a
+    Qwen2.5-0.5B one 1.6×); "no" elsewhere (emulated bf16 is slower than float32)."""
     if choice not in ("auto", "no", "bf16"):
         raise UserError(f"mixed_precision={choice!r}: use auto, no or bf16.")
     if choice != "auto":
         return choice
-    if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+    if str(device).startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU advertises bf16 arithmetic (Linux /proc/cpuinfo flags avx512_bf16 or amx_bf16)."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def spec_augment(frames: torch.Tensor, gen: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
@@ -199,7 +218,7 @@ class CtcWarmup(nn.Module):
         x = nn.utils.rnn.pad_sequence(proj, batch_first=True)
         logits = self.slam.ctc.logits(x, self.slam.llm.get_input_embeddings().weight)
         logp = F.log_softmax(logits.float(), -1).transpose(0, 1)
-        tgt = [torch.tensor([self.remap[t] for t in ids], dtype=torch.long) for ids in targets]
+        tgt = [torch.tensor([self.remap[t] for t in ids if t in self.remap], dtype=torch.long) for ids in targets]
         loss = F.ctc_loss(logp, torch.cat(tgt).to(x.device), torch.tensor([p.shape[0] for p in proj]),
                           torch.tensor([len(t) for t in tgt]), blank=self.slam.ctc.blank_id,
                           reduction="mean", zero_infinity=True)
@@ -270,8 +289,8 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
         resuming = bool(state and state["phase"] == phase)
         if resuming:
             _restore_params(model, state)
+        targets_ids = [model.layout._ids((e.ctc_target or e.target).strip()) for e in examples]
         if phase == "ctc":
-            targets_ids = [model.layout._ids((e.ctc_target or e.target).strip()) for e in examples]
             feasible = sum(len(t) <= math.ceil(n / model.projector.k) for t, n in zip(targets_ids, lengths))
             if feasible < len(examples) / 2:
                 raise UserError(f"CTC warm start: only {feasible}/{len(examples)} utterances have at least as many "
@@ -289,6 +308,10 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
             if model.ctc is not None:
                 model.ctc.requires_grad_(False)  # the head is fixed once the warm start is over
             module = model
+            if cfg.ctc_weight and model.ctc is None:
+                raise UserError(f"ctc_weight={cfg.ctc_weight} needs a CTC head: add ctc_warmup_steps or start "
+                                "from a model that has one (train_slam init_from=).")
+            aux = CtcWarmup(model) if cfg.ctc_weight else None
             params = [q for q in model.parameters() if q.requires_grad]
             lr, batch_size = cfg.lr, cfg.batch_size
         if not params:
@@ -312,12 +335,14 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
                 idx = idx[accelerator.process_index :: accelerator.num_processes] or idx[:1]
                 feats = [spec_augment(examples[i].features, gen, cfg) if (cfg.time_masks or cfg.feature_masks)
                          else examples[i].features.float() for i in idx]
-                ctx = accelerator.no_sync(wrapped) if micro < cfg.grad_accum - 1 else _null()
+                ctx = accelerator.no_sync(wrapped) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
                     if phase == "ctc":
                         out = wrapped(feats, [targets_ids[i] for i in idx])
                     else:
                         out = wrapped(feats, [examples[i].prompt for i in idx], [examples[i].target for i in idx])
+                        if aux is not None:
+                            out["loss"] = out["loss"] + cfg.ctc_weight * aux(feats, [targets_ids[i] for i in idx])["loss"]
                     loss = out["loss"] / cfg.grad_accum
                 accelerator.backward(loss)
                 loss_sum += float(loss.detach())
@@ -366,14 +391,6 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
 
 class TrainingInterrupted(RuntimeError):
     """Raised by ``stop_after`` (tests of resume)."""
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _step_seed(seed: int, phase: int, step: int) -> int:
@@ -428,7 +445,7 @@ def load_trainable(model, final_dir: str | os.PathLike) -> None:
 
 
 # -- the cached recipe -----------------------------------------------------------------------------------
-def slam_run_dir(slam_config, cfg: TrainConfig, data: TrainData) -> Path:
+def slam_run_dir(slam_config, cfg: TrainConfig, data: TrainData) -> Path:  # data.fingerprint covers any init
     """Where the trained result of (model config, training config, data) lives in the shared cache."""
     from speechllm_redundancy.paths import artifacts_dir
 
@@ -438,20 +455,21 @@ def slam_run_dir(slam_config, cfg: TrainConfig, data: TrainData) -> Path:
 def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.PathLike, task: str = "asr",
                out_dir: str | os.PathLike | None = None, eval_manifest: str | os.PathLike | None = None,
                eval_every: int = 0, eval_limit: int | None = 200, progress: bool = True,
-               train_limit: int | None = None):
+               train_limit: int | None = None, init_from: str | os.PathLike | None = None):
     """The whole recipe, cached: encoder features (shared cache) → SlamModel → ``train``.
 
     Without ``out_dir`` the run lives in ``artifacts/slam/<key of configs + data>``, so a second call with
     the same inputs returns the trained model at once (and an interrupted one resumes). ``train_limit``
     trains on the first N utterances of the manifest only (and encodes only those: on a CPU, encoding a
-    large corpus can cost more than a short training run).
+    large corpus can cost more than a short training run). ``init_from``: a saved SLAM model (e.g. a cached
+    CTC warm start) whose projector and CTC head this run starts from; a hash of its weights joins the key.
     Returns (model, TrainResult).
     """
     from dataclasses import replace
 
     from speechllm_redundancy.data.manifest import read_manifest
     from speechllm_redundancy.evaluation import evaluate_slam
-    from speechllm_redundancy.features import cached_features
+    from speechllm_redundancy.features import cached_features, fingerprint
     from speechllm_redundancy.slam import SlamModel
 
     store = cached_features(slam_config.encoder, train_manifest, whisper_window=slam_config.whisper_window,
@@ -461,6 +479,13 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
     with torch.random.fork_rng(devices=[]):  # the projector's (and adapters') initial weights follow the seed
         torch.manual_seed(train_config.seed)
         model = SlamModel(slam_config)
+    if init_from is not None:
+        init_from = Path(init_from)
+        if not (init_from / "slam.json").exists():
+            raise UserError(f"init_from={init_from}: not a saved SLAM model (no slam.json).")
+        model.load_weights(init_from, adapters=False)
+        # keyed by the saved weights, not the path: two models saved under the same names are two inits
+        data = TrainData(data.examples, key_of(data.fingerprint, "init", fingerprint(str(init_from))))
     evaluate = evaluate_ctc = None
     if eval_manifest:
         eval_store = cached_features(slam_config.encoder, eval_manifest, whisper_window=slam_config.whisper_window,
@@ -487,17 +512,20 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
 
 # -- the models the chapters share -----------------------------------------------------------------------
 # How a chapter's SLAM models are trained. "paper": the paper's recipe (next-token loss from scratch, the
-# LLM reading every projected frame) — for GPUs and long runs. "cpu": a CTC warm start of the projector
-# against the frozen token embeddings, then the LLM reads one vector per CTC label run (ctc_compress): the
-# recipe tried for a 2-core CPU (measured there: see book/method.md and benchmarks/slam_training.py).
-# "ctc_warmup" is the warm start's length as a share of ``steps`` (the measured run: 600 CTC + 1000 steps).
+# LLM reading every projected frame) — for GPUs and long runs. "cpu": the recipe measured on a 2-core CPU
+# (book/method.md, benchmarks/slam_training.py): a CTC warm start of the projector against the frozen token
+# embeddings, trained once per (encoder, decoder, task data) and shared by every model built on it (frozen
+# and LoRA alike); the LLM then reads one vector per CTC segment, p·E (the segment's token posteriors times
+# the token embeddings: speech placed where the decoder already understands it), and the next-token phase
+# keeps the CTC loss beside its own so the segmentation does not drift.
 RECIPES = {
-    "paper": {"slam": {}, "ctc_warmup": 0.0},
-    "cpu": {"slam": {"ctc_compress": True}, "ctc_warmup": 0.6},
+    "paper": {"slam": {}, "train": {}, "ctc_steps": 0},
+    "cpu": {"slam": {"ctc_compress": True, "ctc_embed": "soft", "ctc_temperature": 1.0},
+            "train": {"ctc_weight": 1.0}, "ctc_steps": 900},
 }
 
 
-def steps_for(steps: int | Mapping[str, int], llm: str) -> int:
+def steps_for(steps: int | Mapping[str, int], llm: str, minimum: int = 1) -> int:
     """``steps`` is one number for every decoder or a mapping decoder → steps (a 0.5B decoder's step costs
     ~2.5× a 135M one's on a CPU, so a time budget buys it fewer)."""
     if isinstance(steps, Mapping):
@@ -506,40 +534,65 @@ def steps_for(steps: int | Mapping[str, int], llm: str) -> int:
             raise UserError(f"train_steps gives no number for decoder {llm!r} (it has {', '.join(map(str, steps))}): "
                             "add it, or give one number for every decoder.")
         steps = steps[llm]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UserError(f"train_steps={steps!r} for {llm!r}: use a positive whole number.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < minimum:
+        raise UserError(f"train_steps={steps!r} for {llm!r}: use a whole number ≥ {minimum}.")
     return steps
+
+
+def ctc_warm_start(encoder: str, llm: str, manifest: str | os.PathLike, *, steps: int, seed: int = 0,
+                   whisper_window: str = "full", train_limit: int | None = None, progress: bool = True):
+    """The cached CTC warm start of (encoder, decoder, speech data): the projector + CTC head learn to spell
+    each utterance's transcript in the decoder's tokens (no LLM forward). It depends on the speech and its
+    transcript only, so every SLAM model of the ``cpu`` recipe on the same encoder and decoder can start
+    from one: frozen and LoRA variants, and a translation model whose source language is the ASR corpus's.
+    Returns a TrainResult (its ``out_dir / "final"`` is the saved model)."""
+    from speechllm_redundancy.slam import SlamConfig
+
+    config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, prompts={})  # prompts: unused
+    _, result = train_slam(config, TrainConfig(steps=0, seed=seed, ctc_warmup_steps=steps), manifest,
+                           task="asr", train_limit=train_limit, progress=progress)
+    return result
 
 
 def trained_slam(encoder: str, llm: str, train_manifest: str | os.PathLike, *, steps: int | Mapping[str, int],
                  seed: int = 0, task: str = "asr", recipe: str = "paper", whisper_window: str = "full",
                  train_limit: int | None = None, lora: dict | None = None, device: str | None = None,
-                 ctc_steps: int | None = None, progress: bool = True):
+                 ctc_steps: int | None = None, warm_start_manifest: str | os.PathLike | None = None,
+                 warm_start_limit: int | None = None, progress: bool = True):
     """The SLAM model of (encoder, decoder, task, recipe, data), trained once through the shared cache:
     every chapter asking for the same one gets the same weights. ``result.key`` names it for downstream
-    caches; ``result.data`` is what it trained on (healing reuses it). ``steps``: one number, or a mapping
-    decoder → steps. ``ctc_steps``: the cpu recipe's warm-start length (None: its share of ``steps``).
+    caches; ``result.data`` is what it trained on (healing reuses it); ``result.warm_start`` is the shared
+    CTC warm start it began from (cpu recipe). ``steps``: next-token steps, one number or a mapping
+    decoder → steps (0 allowed in the cpu recipe: the LLM reads the warm start as it is). ``ctc_steps``:
+    the cpu recipe's warm-start length (None: the recipe's default). ``warm_start_manifest`` /
+    ``warm_start_limit``: the speech the warm start spells (default: the training manifest and limit; a
+    translation model can name the ASR corpus of its source language, and share that warm start).
     Returns (model, TrainResult)."""
     from speechllm_redundancy.slam import SlamConfig
 
     if recipe not in RECIPES:
         raise UserError(f"unknown training recipe {recipe!r}: use one of {', '.join(RECIPES)}.")
-    steps = steps_for(steps, llm)
-    share = RECIPES[recipe]["ctc_warmup"]
+    spec = RECIPES[recipe]
+    steps = steps_for(steps, llm, minimum=0 if spec["ctc_steps"] else 1)
     if ctc_steps is not None and (isinstance(ctc_steps, bool) or not isinstance(ctc_steps, int) or ctc_steps < 0):
-        raise UserError(f"ctc_steps={ctc_steps!r}: use a whole number of steps (or None for the recipe's share).")
-    if ctc_steps and not share:
+        raise UserError(f"ctc_steps={ctc_steps!r}: use a whole number of steps (or None for the recipe's default).")
+    if ctc_steps and not spec["ctc_steps"]:
         raise UserError(f"ctc_steps={ctc_steps} but recipe {recipe!r} has no CTC warm start: use recipe='cpu' "
                         "or ctc_steps=None.")
-    if ctc_steps == 0 and share:
+    if ctc_steps == 0 and spec["ctc_steps"]:
         raise UserError(f"ctc_steps=0 but recipe {recipe!r} reads the speech through the CTC head: give it at least "
                         "one warm-start step (or use recipe='paper').")
-    warmup = round(share * steps) if ctc_steps is None or not share else ctc_steps
-    slam_config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, lora=lora,
-                             **RECIPES[recipe]["slam"])
-    train_config = TrainConfig(steps=steps, seed=seed, ctc_warmup_steps=warmup)
+    slam_config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, lora=lora, **spec["slam"])
+    train_config = TrainConfig(steps=steps, seed=seed, **spec["train"])
+    warm = None
+    if spec["ctc_steps"]:
+        if warm_start_manifest is None:
+            warm_start_manifest, warm_start_limit = train_manifest, train_limit
+        warm = ctc_warm_start(encoder, llm, warm_start_manifest, steps=ctc_steps or spec["ctc_steps"], seed=seed,
+                              whisper_window=whisper_window, train_limit=warm_start_limit, progress=progress)
     model, result = train_slam(slam_config, train_config, train_manifest, task=task, train_limit=train_limit,
-                               progress=progress)
+                               progress=progress, init_from=warm.out_dir / "final" if warm else None)
+    result.warm_start = warm
     if device:
         model.to(device)
     return model, result
