@@ -19,15 +19,14 @@ import torch
 
 def main() -> None:
     from speechllm_redundancy.ceilings import search_layouts
+    from speechllm_redundancy.data.corpus import corpus_dir
     from speechllm_redundancy.data.manifest import read_manifest
-    from speechllm_redundancy.paths import artifacts_dir
     from speechllm_redundancy.slam import load_llm
 
-    corpus = artifacts_dir() / "corpus" / "default"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llm", nargs="*", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
     ap.add_argument("--task", nargs="*", default=["asr", "ast-en-de", "ast-fr-en"])
-    ap.add_argument("--corpus", default=str(corpus), help="folder holding train.jsonl, en-de-train.jsonl, …")
+    ap.add_argument("--corpus", help="folder holding train.jsonl, en-de-train.jsonl, … (default: the default profile's)")
     ap.add_argument("--limit", type=int, default=48, help="held-out sentences per task (the manifest's last N)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the rows to this file")
@@ -39,7 +38,7 @@ def main() -> None:
         llm, tok = load_llm(name)
         llm.eval()
         for task in args.task:
-            utts = read_manifest(f"{args.corpus}/{manifests[task]}")[-args.limit:]
+            utts = read_manifest(f"{args.corpus or corpus_dir('profiles/default.yaml')}/{manifests[task]}")[-args.limit:]
             start = time.perf_counter()
             table = search_layouts(llm, tok, task, utts)
             print(f"\n{name} · {task} · {len(utts)} held-out sentences · {time.perf_counter() - start:.0f} s")

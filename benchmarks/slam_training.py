@@ -42,6 +42,7 @@ VARIANTS = {
 
 def main() -> None:
     from speechllm_redundancy.ceilings import gold_ceiling
+    from speechllm_redundancy.data.corpus import corpus_dir
     from speechllm_redundancy.data.manifest import read_manifest
     from speechllm_redundancy.evaluation import evaluate_slam, score
     from speechllm_redundancy.slam import SlamConfig, SlamModel
@@ -69,7 +70,7 @@ def main() -> None:
                     help="TrainConfig overrides for every variant, e.g. lr=5e-4 batch_size=16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = args.corpus or str(_default_corpus())
+    corpus = args.corpus or str(corpus_dir("profiles/default.yaml"))
     path = lambda split: f"{corpus}/{split}.jsonl"  # noqa: E731
     overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v
                  for k, v in (item.split("=", 1) for item in args.set)}
@@ -125,14 +126,6 @@ def main() -> None:
     print(f"{'variant':14} {'minutes':>8} " + " ".join(f"{s:>12}" for s in args.final_sets))
     for v, f in finals.items():
         print(f"{v:14} {f['minutes']:8.1f} " + " ".join(f"{f[s]:12.1f}" for s in args.final_sets))
-
-
-def _default_corpus():
-    """The default profile's corpus folder (named by its settings)."""
-    from speechllm_redundancy.data.corpus import corpus_config, corpus_name
-    from speechllm_redundancy.paths import artifacts_dir
-
-    return artifacts_dir() / "corpus" / corpus_name(corpus_config("profiles/default.yaml"))
 
 
 if __name__ == "__main__":

@@ -66,13 +66,13 @@ def test_layout_with_chat_template_and_loss_masking():
 
 
 def test_instruction_string_keeps_the_slam_asr_layout():
-    """A plain instruction (the AST tasks, a literal prompt) is laid out as before: speech, newline,
+    """A plain instruction (a literal prompt, or a task given one) is laid out as before: speech, newline,
     instruction; its target has no stop string, only the turn-end token."""
-    model = make()
+    model = make(prompts={"ast-en-de": "Translate the English speech into German."})
     tok = model.tokenizer
     before, after = model.layout.pieces("ast-en-de")
     assert tok.decode(before).endswith("<|im_start|>user\n")
-    assert tok.decode(after) == f"\n{PROMPTS['ast-en-de']}<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(after) == "\nTranslate the English speech into German.<|im_end|>\n<|im_start|>assistant\n"
     assert tok.decode(model.layout.pieces("Say it.")[1]).startswith("\nSay it.<|im_end|>")
     words = tok("hallo welt", add_special_tokens=False)["input_ids"]
     assert model.layout.target_ids(" hallo welt ", 256, "ast-en-de") == words + [model.layout.stop_id]
@@ -82,11 +82,22 @@ def test_instruction_string_keeps_the_slam_asr_layout():
     assert explicit.layout.pieces("t") == model.layout.pieces("Say it.")
 
 
+def test_default_translation_layout_quotes_the_source():
+    """The default AST layouts (chosen by their gold-input ceiling) quote the source after the instruction
+    and pre-fill the opening quote of the translation; the translation ends at its closing quote."""
+    model = make()
+    tok = model.tokenizer
+    before, after = model.layout.pieces("ast-en-de")
+    assert tok.decode(before).endswith('user\nTranslate this English sentence into German: "')
+    assert tok.decode(after) == '"<|im_end|>\n<|im_start|>assistant\n"'
+    assert tok.decode(model.layout.target_ids("hallo welt", 256, "ast-en-de")) == 'hallo welt"<|im_end|>'
+
+
 def test_layout_without_chat_template():
     model = make(chat=False)
     tok = model.tokenizer
-    before, after = model.layout.pieces("ast-en-de")
-    assert before == [] and tok.decode(after) == f"\n{PROMPTS['ast-en-de']}\n"
+    before, after = model.layout.pieces("Translate it.")
+    assert before == [] and tok.decode(after) == "\nTranslate it.\n"
     assert model.layout.stop_id == tok.eos_token_id
     assert tok.decode(model.layout.pieces("Say it in French.")[1]) == "\nSay it in French.\n"
     before, after = model.layout.pieces("asr")  # the quoted layout without a template: no turns, same quotes
@@ -94,7 +105,8 @@ def test_layout_without_chat_template():
     assert tok.decode(after) == '"\nCopy the quoted sentence exactly, nothing else.\n"'
     # the closing quote or a newline ends the answer (a one-line copy never holds a newline)
     assert model.layout.stop_ids("asr") == {tok.eos_token_id, *tok.convert_tokens_to_ids(['"', "Ċ"])}
-    assert model.layout.stop_ids("ast-en-de") == {tok.eos_token_id}
+    assert model.layout.stop_ids("Translate it.") == {tok.eos_token_id}
+    assert model.layout.stop_ids("ast-en-de") == {tok.eos_token_id, tok.convert_tokens_to_ids('"')}
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -124,7 +136,7 @@ def test_target_stop_ids_and_finish_with_a_merging_vocabulary():
     dot_quote, space_quote, quote = tok.convert_tokens_to_ids(['."', 'Ġ"', '"'])
     newline = tok.convert_tokens_to_ids("Ċ")
     assert layout.stop_ids("asr") == {layout.stop_id, tok.eos_token_id, quote, dot_quote, space_quote, newline}
-    assert layout.stop_ids("ast-en-de") == {layout.stop_id, tok.eos_token_id}
+    assert layout.stop_ids("Translate it.") == {layout.stop_id, tok.eos_token_id}  # an instruction: no stop string
     # the target is tokenised with its stop string, as the model would write it
     target = layout.target_ids("It ended.", 256, "asr")
     assert target[-2:] == [dot_quote, layout.stop_id] and tok.decode(target[:-2]) == "It ended"
@@ -132,7 +144,7 @@ def test_target_stop_ids_and_finish_with_a_merging_vocabulary():
     # finish: cut at the first quote, even inside a merged token; special tokens dropped; stripped
     assert layout.finish("asr", tok(' It ended." And "more"')["input_ids"] + [layout.stop_id]) == "It ended."
     assert layout.finish("asr", tok("no quote")["input_ids"] + [layout.stop_id]) == "no quote"
-    assert layout.finish("ast-en-de", tok(' Er sagte "ja". ')["input_ids"]) == 'Er sagte "ja".'
+    assert layout.finish("Translate it.", tok(' Er sagte "ja". ')["input_ids"]) == 'Er sagte "ja".'  # no stop string
 
 
 def test_text_layout_is_the_speech_layout_with_text_in_place_of_speech():

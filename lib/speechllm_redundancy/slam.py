@@ -46,12 +46,17 @@ QUOTED_COPY = {"user": '"{speech}"\nCopy the quoted sentence exactly, nothing el
                "stop": ['"', "\n"]}
 PROMPTS = {
     "asr": QUOTED_COPY,
-    "ast-en-de": "Translate the English speech into German.",
-    "ast-fr-en": "Translate the French speech into English.",
+    # chosen by the same ceiling (Qwen2.5-Coder-0.5B, 32 held-out verses, BLEU): en-de 4.6 vs 2.5 and
+    # fr-en 15.2 vs 11.3 for "Translate the <source> speech into <target>." after the speech
+    "ast-en-de": {"user": 'Translate this English sentence into German: "{speech}"', "answer_prefix": '"',
+                  "stop": '"'},
+    "ast-fr-en": {"user": 'Translate this French sentence into English: "{speech}"', "answer_prefix": '"',
+                  "stop": '"'},
 }
 
 # what models saved before prompts were part of SlamConfig were trained with (format 1 without "prompts")
-LEGACY_PROMPTS = {**PROMPTS, "asr": "Transcribe the speech."}
+LEGACY_PROMPTS = {"asr": "Transcribe the speech.", "ast-en-de": "Translate the English speech into German.",
+                  "ast-fr-en": "Translate the French speech into English."}
 
 SPEECH_SLOT = "{speech}"
 

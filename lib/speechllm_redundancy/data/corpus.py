@@ -169,6 +169,11 @@ def corpus_name(cfg: CorpusConfig) -> str:
     return cfg.size if mine == plain else f"{cfg.size}-{key_of(mine)[:8]}"
 
 
+def corpus_dir(profile: str | os.PathLike | dict | CorpusConfig | None = "default") -> Path:
+    """Where ``build_corpus`` writes the corpus of a profile (its folder is named by its settings)."""
+    return artifact_path("corpus", corpus_name(corpus_config(profile)))
+
+
 # -------------------------------------------------------------------------------------------- planning
 @dataclass
 class Item:
@@ -386,7 +391,7 @@ def build_corpus(
     """
     cfg = corpus_config(profile_or_size)
     piper = synth.piper_available()
-    out = Path(out_dir) if out_dir else artifact_path("corpus", corpus_name(cfg))
+    out = Path(out_dir) if out_dir else corpus_dir(cfg)
     key = key_of(asdict(cfg), CORPUS_VERSION, piper, None if pools is None else key_of(pools.to_json()))
     summary_file = out / "corpus.json"
     if summary_file.exists():
