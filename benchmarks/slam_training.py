@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 
@@ -99,17 +99,18 @@ def main() -> None:
                                    eval_limit=args.eval_limit, init_from=warm.out_dir / "final")
         curve = [(warm.minutes, None)]
         curve += [(warm.minutes + h["minutes"], h[k]) for h in result.history for k in ("eval_wer", "eval_bleu") if k in h]
-        if tcfg.steps == 0:
-            curve.append((warm.minutes, evaluate_slam(model, path(args.eval), args.task, limit=args.eval_limit)["score"]))
-        rows[name] = curve
         finals[name] = {s: evaluate_slam(model, path(s), args.task, limit=args.eval_limit)["score"]
-                        for s in args.final_sets}
+                        for s in dict.fromkeys([*args.final_sets, *([args.eval] if tcfg.steps == 0 else [])])}
+        if tcfg.steps == 0:
+            curve.append((warm.minutes, finals[name][args.eval]))
+        rows[name] = curve
         finals[name]["minutes"] = warm.minutes + result.minutes
         print(f"{name}: {result.out_dir}", flush=True)
 
     metric = "WER %" if args.task == "asr" else "BLEU"
-    print(json.dumps({"llm": args.llm, "task": args.task, "ctc_steps": args.ctc_steps, "steps": args.steps,
-                      "overrides": overrides, "variants": {v: asdict(TrainConfig()) and VARIANTS[v][0] for v in args.variants}}))
+    print(json.dumps({"llm": args.llm, "task": args.task, "ctc_steps": args.ctc_steps, "overrides": overrides,
+                      "variants": {v: {"slam": VARIANTS[v][0], "train": {"steps": args.steps, **VARIANTS[v][1]}}
+                                   for v in args.variants}}))
     print(f"\n{args.llm} · {args.task} · {metric} on the first {len(eval_utts)} utterances of {args.eval}")
     print(f"gold-input ceiling (the transcript/source as text, same layout): {ceiling['score']:.1f}")
     if args.task == "asr":
