@@ -5,20 +5,21 @@ Each variant trains through the cache (`training.train_slam`), starting from one
 (`training.ctc_warm_start`), so a rerun prints the stored curves at once and an interrupted one resumes.
 Evaluation time is not counted as training time; minutes include the shared warm start.
 
-    python benchmarks/slam_training.py                                  # SmolLM2-135M: frozen and LoRA
-    python benchmarks/slam_training.py --llm qwen2.5-coder-0.5b --variants frozen --steps 100
-    python benchmarks/slam_training.py --variants frozen frozen-mean lora --ctc-steps 900 --steps 200
+    python benchmarks/slam_training.py                                  # SmolLM2-135M: frozen-read and LoRA
+    python benchmarks/slam_training.py --llm qwen2.5-coder-0.5b --variants frozen-read
+    python benchmarks/slam_training.py --variants frozen frozen-mean lora-fixed --ctc-steps 900 --steps 200
     python benchmarks/slam_training.py --task ast-fr-en --llm qwen2.5-coder-0.5b --train fr-en-train \\
         --eval fr-en-test --final-sets fr-en-test
 
-Variants (the cpu recipe is `frozen` / `lora`; the others are what was tried beside it):
-  frozen       p·E input (T=1), projector trained with next-token + CTC loss, decoder frozen
-  lora         LoRA (r 8) on q, k, v, o reading p·E from the warm start's projector (kept frozen)
-  lora-proj    the same with the projector trained too (CTC loss beside the next-token loss)
+Variants (the cpu recipe's models are `frozen-read` and `lora`; the others are what was tried beside them):
   frozen-read  p·E input (T=1), no training after the warm start
-  frozen-hard  the LLM reads the embeddings of the CTC labels (no training after the warm start)
-  frozen-mean  the mean projected frame per CTC segment (the previous cpu recipe)
-  frozen-noaux p·E without the CTC loss beside the next-token loss
+  frozen-hard  the LLM reads the embeddings of the CTC labels, no training after the warm start
+  frozen       p·E input, projector trained further with next-token + CTC loss, decoder frozen
+  frozen-mean  the mean projected frame per CTC segment, projector trained (the previous cpu recipe)
+  frozen-noaux p·E input, projector trained with the next-token loss only
+  lora         LoRA (r 8) on q, k, v, o and the projector, next-token loss, lr 5e-4
+  lora-ctc     the same with the CTC loss beside it, lr 1e-3
+  lora-fixed   LoRA only, the warm start's projector kept fixed, lr 5e-4
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import torch
 
 VARIANTS = {
     "frozen": ({"ctc_embed": "soft"}, {"ctc_weight": 1.0}),
-    "lora": ({"ctc_embed": "soft", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}, {"freeze_projector": True}),
-    "lora-proj": ({"ctc_embed": "soft", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}, {"ctc_weight": 1.0}),
+    "lora": ({"ctc_embed": "soft", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}, {"lr": 5e-4}),
+    "lora-ctc": ({"ctc_embed": "soft", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}, {"ctc_weight": 1.0}),
+    "lora-fixed": ({"ctc_embed": "soft", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}},
+                   {"lr": 5e-4, "freeze_projector": True}),
     "frozen-read": ({"ctc_embed": "soft"}, {"steps": 0}),
     "frozen-hard": ({"ctc_embed": "hard"}, {"steps": 0}),
     "frozen-mean": ({"ctc_embed": "mean"}, {"ctc_weight": 0.0}),
@@ -58,7 +61,7 @@ def main() -> None:
     ap.add_argument("--eval", default="test-clean", help="split scored during training")
     ap.add_argument("--warm-start", help="split the CTC warm start spells (default: --train)")
     ap.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
-    ap.add_argument("--variants", nargs="*", default=["frozen", "lora"], choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=["frozen-read", "lora"], choices=list(VARIANTS))
     ap.add_argument("--ctc-steps", type=int, default=900)
     ap.add_argument("--steps", type=int, default=200, help="next-token steps after the warm start")
     ap.add_argument("--final-sets", nargs="*", default=["test-clean", "test-other", "dev-ood"],

@@ -141,10 +141,14 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
     again, run2 = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, ctc_steps=3,
                                progress=False)
     assert run2.key == run.key and torch.equal(again.projector.net[0].weight, model.projector.net[0].weight)
-    # the LoRA variant starts from the same (cached) warm start, and 0 next-token steps reads it as it is
-    lora, run3 = trained_slam(whisper, llm, manifest, steps=0, recipe="cpu", train_limit=3, ctc_steps=3,
-                              lora={"r": 2}, progress=False)
-    assert run3.warm_start.out_dir == run.warm_start.out_dir and run3.key != run.key and run3.steps == {}
+    # the LoRA variant starts from the same (cached) warm start, at the recipe's lower learning rate
+    _, run3 = trained_slam(whisper, llm, manifest, steps=2, recipe="cpu", train_limit=3, ctc_steps=3,
+                           lora={"r": 2}, progress=False)
+    assert run3.warm_start.out_dir == run.warm_start.out_dir and run3.key != run.key and run3.steps == {"slam": 2}
+    assert json.loads((run3.out_dir / "result.json").read_text())["config"]["lr"] == 5e-4
+    # 0 next-token steps: the decoder reads the warm start as it is
+    _, run4 = trained_slam(whisper, llm, manifest, steps=0, recipe="cpu", train_limit=3, ctc_steps=3, progress=False)
+    assert run4.steps == {} and run4.warm_start.out_dir == run.warm_start.out_dir
     paper, other = trained_slam(whisper, llm, manifest, steps=5, recipe="paper", train_limit=3, progress=False)
     assert other.key != run.key and other.steps == {"slam": 5} and paper.ctc is None
     with pytest.raises(UserError, match="unknown training recipe"):
@@ -273,3 +277,22 @@ def test_auto_mixed_precision_follows_native_bf16_on_cpus(monkeypatch, tmp_path)
     monkeypatch.undo()
     flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
     assert training.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_freeze_projector_trains_the_adapters_only(tmp_path):
+    """freeze_projector keeps a warm start's projector as it is while LoRA trains; without adapters there is
+    nothing left to train, which is refused."""
+    llm, tok = tiny_llm(seed=1)
+    model = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32,
+                                 lora={"r": 2, "alpha": 4, "dropout": 0.0}), llm, tok)
+    before = {k: v.clone() for k, v in model.projector.state_dict().items()}
+    lora_before = {n: p.clone() for n, p in model.llm.named_parameters() if "lora_B" in n}
+    data = TrainData([Example(f"u{i}", torch.randn(20, D), "asr", "a b c") for i in range(4)], "fp")
+    train(model, data, TrainConfig(steps=2, batch_size=2, lr=1e-2, warmup_steps=1, freeze_projector=True),
+          tmp_path / "run", progress=False)
+    assert all(torch.equal(v, model.projector.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(v, dict(model.llm.named_parameters())[n]) for n, v in lora_before.items())
+    llm, tok = tiny_llm(seed=1)
+    frozen = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32), llm, tok)
+    with pytest.raises(UserError, match="nothing to train"):
+        train(frozen, data, TrainConfig(steps=1, batch_size=2, freeze_projector=True), tmp_path / "f", progress=False)

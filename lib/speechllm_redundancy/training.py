@@ -308,6 +308,8 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
             if model.ctc is not None:
                 model.ctc.requires_grad_(False)  # the head is fixed once the warm start is over
             module = model
+            if cfg.freeze_projector:
+                model.projector.requires_grad_(False)
             if cfg.ctc_weight and model.ctc is None:
                 raise UserError(f"ctc_weight={cfg.ctc_weight} needs a CTC head: add ctc_warmup_steps or start "
                                 "from a model that has one (train_slam init_from=).")
@@ -514,14 +516,17 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
 # How a chapter's SLAM models are trained. "paper": the paper's recipe (next-token loss from scratch, the
 # LLM reading every projected frame) — for GPUs and long runs. "cpu": the recipe measured on a 2-core CPU
 # (book/method.md, benchmarks/slam_training.py): a CTC warm start of the projector against the frozen token
-# embeddings, trained once per (encoder, decoder, task data) and shared by every model built on it (frozen
+# embeddings, trained once per (encoder, decoder, speech data) and shared by every model built on it (frozen
 # and LoRA alike); the LLM then reads one vector per CTC segment, p·E (the segment's token posteriors times
-# the token embeddings: speech placed where the decoder already understands it), and the next-token phase
-# keeps the CTC loss beside its own so the segmentation does not drift.
+# the token embeddings: speech placed where the decoder already understands it). A frozen decoder reads the
+# warm start as it is (training the projector through it made the transcripts worse: book/method.md); LoRA
+# models train their adapters and the projector with the next-token loss at a lower learning rate (at 10⁻³
+# with the CTC loss beside it, training was unstable). "train" applies to every model of the recipe,
+# "lora_train" in addition to those with LoRA on the decoder.
 RECIPES = {
-    "paper": {"slam": {}, "train": {}, "ctc_steps": 0},
+    "paper": {"slam": {}, "train": {}, "lora_train": {}, "ctc_steps": 0},
     "cpu": {"slam": {"ctc_compress": True, "ctc_embed": "soft", "ctc_temperature": 1.0},
-            "train": {"ctc_weight": 1.0}, "ctc_steps": 900},
+            "train": {}, "lora_train": {"lr": 5e-4}, "ctc_steps": 900},
 }
 
 
@@ -583,7 +588,7 @@ def trained_slam(encoder: str, llm: str, train_manifest: str | os.PathLike, *, s
         raise UserError(f"ctc_steps=0 but recipe {recipe!r} reads the speech through the CTC head: give it at least "
                         "one warm-start step (or use recipe='paper').")
     slam_config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, lora=lora, **spec["slam"])
-    train_config = TrainConfig(steps=steps, seed=seed, **spec["train"])
+    train_config = TrainConfig(steps=steps, seed=seed, **spec["train"], **(spec["lora_train"] if lora else {}))
     warm = None
     if spec["ctc_steps"]:
         if warm_start_manifest is None:
