@@ -296,3 +296,15 @@ def test_freeze_projector_trains_the_adapters_only(tmp_path):
     frozen = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32), llm, tok)
     with pytest.raises(UserError, match="nothing to train"):
         train(frozen, data, TrainConfig(steps=1, batch_size=2, freeze_projector=True), tmp_path / "f", progress=False)
+
+
+def test_hard_ctc_input_without_adapters_is_refused_clearly(tmp_path):
+    """Hard CTC labels pass no gradient to the projector: with a frozen decoder there is nothing to train,
+    which is a clear error rather than autograd's "does not require grad"."""
+    llm, tok = tiny_llm(seed=1)
+    model = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32), llm, tok)
+    data = TrainData([Example(f"u{i}", torch.randn(40, D), "asr", "a b") for i in range(4)], "fp")
+    train(model, data, TrainConfig(steps=0, ctc_warmup_steps=1, ctc_batch_size=2), tmp_path / "warm", progress=False)
+    model.config.ctc_compress, model.config.ctc_embed = True, "hard"
+    with pytest.raises(UserError, match="ctc_embed='hard'"):
+        train(model, data, TrainConfig(steps=1, batch_size=2), tmp_path / "slam", progress=False)

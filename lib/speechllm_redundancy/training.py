@@ -308,7 +308,8 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
             if model.ctc is not None:
                 model.ctc.requires_grad_(False)  # the head is fixed once the warm start is over
             module = model
-            if cfg.freeze_projector:
+            hard = getattr(model.config, "ctc_compress", False) and getattr(model.config, "ctc_embed", "") == "hard"
+            if cfg.freeze_projector or (hard and not cfg.ctc_weight):  # hard labels pass no gradient back
                 model.projector.requires_grad_(False)
             if cfg.ctc_weight and model.ctc is None:
                 raise UserError(f"ctc_weight={cfg.ctc_weight} needs a CTC head: add ctc_warmup_steps or start "
@@ -317,7 +318,8 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
             params = [q for q in model.parameters() if q.requires_grad]
             lr, batch_size = cfg.lr, cfg.batch_size
         if not params:
-            raise UserError("nothing to train: every parameter is frozen (unfreeze the projector or add LoRA).")
+            raise UserError("nothing to train: every parameter is frozen (unfreeze the projector or add LoRA; with "
+                            "ctc_embed='hard' the projector gets no gradient from the decoder).")
         optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(cfg.warmup_steps, n_steps), n_steps))
         if resuming:
