@@ -39,9 +39,10 @@ SPEECH_PLACEHOLDER = "<<SPEECH>>"
 #                  containing one; the answer is cut there; training appends the first); the turn-end
 #                  token always stops too
 # The layout bounds what a frozen decoder can do: given the *gold* transcript as text in place of speech,
-# frozen SmolLM2-135M-Instruct copies 24 test-clean sentences at 44 % WER after "{text}\nRepeat the words
-# above exactly." and at 13 % with the quoted layout below (benchmarks/gold_ceiling.py measures this
-# "gold-input ceiling" per decoder and task; book/method.md has the table).
+# frozen SmolLM2-135M-Instruct copied 24 test-clean sentences at 44 % WER after "{text}\nRepeat the words
+# above exactly." and at 13 % with the quoted layout below, pre-filled and cut at the closing quote (20.6 %
+# on the first 64 of the present corpus). benchmarks/gold_ceiling.py measures this "gold-input ceiling"
+# per decoder, task and layout; book/method.md has the numbers.
 QUOTED_COPY = {"user": '"{speech}"\nCopy the quoted sentence exactly, nothing else.', "answer_prefix": '"',
                "stop": ['"', "\n"]}
 PROMPTS = {
@@ -87,12 +88,12 @@ class PromptFormat:
             fmt = cls(**spec)
         else:
             raise UserError(f"prompt {spec!r}: give an instruction string or a dict with user/answer_prefix/stop.")
+        if not isinstance(fmt.user, str) or not isinstance(fmt.answer_prefix, str):
+            raise UserError(f"prompt format {spec!r}: user and answer_prefix must be strings.")
         if fmt.user.count(SPEECH_SLOT) != 1:
             raise UserError(f"prompt format user={fmt.user!r} must contain {SPEECH_SLOT} exactly once.")
         if fmt.stop is not None and (not fmt.stops or any(not isinstance(t, str) or not t for t in fmt.stops)):
             raise UserError(f"prompt format stop={fmt.stop!r}: give a non-empty string or list of them (None: no stop).")
-        if not isinstance(fmt.user, str) or not isinstance(fmt.answer_prefix, str):
-            raise UserError(f"prompt format {spec!r}: user and answer_prefix must be strings.")
         return fmt
 
     def as_text(self, text: str) -> tuple[str, str]:
