@@ -289,7 +289,9 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
         resuming = bool(state and state["phase"] == phase)
         if resuming:
             _restore_params(model, state)
-        targets_ids = [model.layout._ids((e.ctc_target or e.target).strip()) for e in examples]
+        # what the CTC loss spells; tokenised only where a CTC loss runs (not in every healing run)
+        targets_ids = ([model.layout._ids((e.ctc_target or e.target).strip()) for e in examples]
+                       if phase == "ctc" or cfg.ctc_weight else None)
         if phase == "ctc":
             feasible = sum(len(t) <= math.ceil(n / model.projector.k) for t, n in zip(targets_ids, lengths))
             if feasible < len(examples) / 2:
