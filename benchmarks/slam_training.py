@@ -5,13 +5,13 @@ Each variant trains through the cache (`training.train_slam`), starting from one
 (`training.ctc_warm_start`), so a rerun prints the stored curves at once and an interrupted one resumes.
 Evaluation time is not counted as training time; minutes include the shared warm start.
 
-    python benchmarks/slam_training.py                                  # SmolLM2-135M: frozen-read and LoRA
+    python benchmarks/slam_training.py                                  # SmolLM2-135M: frozen-read and lora-fixed
     python benchmarks/slam_training.py --llm qwen2.5-coder-0.5b --variants frozen-read
     python benchmarks/slam_training.py --variants frozen frozen-mean lora-fixed --ctc-steps 900 --steps 200
     python benchmarks/slam_training.py --task ast-fr-en --llm qwen2.5-coder-0.5b --train fr-en-train \\
         --eval fr-en-test --final-sets fr-en-test
 
-Variants (the cpu recipe's models are `frozen-read` and `lora`; the others are what was tried beside them):
+Variants (the cpu recipe's models are `frozen-read` and `lora-fixed`; the others are what was tried beside them):
   frozen-read  p·E input (T=1), no training after the warm start
   frozen-hard  the LLM reads the embeddings of the CTC labels, no training after the warm start
   frozen       p·E input, projector trained further with next-token + CTC loss, decoder frozen
@@ -61,13 +61,15 @@ def main() -> None:
     ap.add_argument("--eval", default="test-clean", help="split scored during training")
     ap.add_argument("--warm-start", help="split the CTC warm start spells (default: --train)")
     ap.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
-    ap.add_argument("--variants", nargs="*", default=["frozen-read", "lora"], choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=["frozen-read", "lora-fixed"], choices=list(VARIANTS))
     ap.add_argument("--ctc-steps", type=int, default=900)
     ap.add_argument("--steps", type=int, default=200, help="next-token steps after the warm start")
     ap.add_argument("--final-sets", nargs="*", default=["test-clean", "test-other", "dev-ood"],
                     help="splits of the corpus scored at the end")
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--eval-limit", type=int, default=64, help="utterances per evaluation (during and at the end)")
+    ap.add_argument("--whisper-window", default="padded", choices=("full", "padded", "trim"),
+                    help="Whisper features: the utterance only, + 2 s of silence, or the 30 s window")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="TrainConfig overrides for every variant, e.g. lr=5e-4 batch_size=16")
@@ -79,7 +81,7 @@ def main() -> None:
                  for k, v in (item.split("=", 1) for item in args.set)}
 
     warm = ctc_warm_start(args.encoder, args.llm, path(args.warm_start or args.train), steps=args.ctc_steps,
-                          whisper_window="trim", train_limit=args.train_limit)
+                          whisper_window=args.whisper_window, train_limit=args.train_limit)
     base = SlamModel.load(warm.out_dir / "final")
     rows = {}  # variant → list of (minutes, score)
     finals = {}
@@ -88,13 +90,15 @@ def main() -> None:
     if args.task == "asr":
         from speechllm_redundancy.features import cached_features
 
-        store = cached_features(args.encoder, path(args.eval), whisper_window="trim", limit=args.eval_limit)
+        store = cached_features(args.encoder, path(args.eval), whisper_window=args.whisper_window,
+                                limit=args.eval_limit)
         ctc_hyps = CtcWarmup(base).transcribe([store[u.id] for u in eval_utts])
         ctc_alone = score("asr", [u.text for u in eval_utts], ctc_hyps)[1]
     del base
     for name in args.variants:
         slam_over, train_over = VARIANTS[name]
-        cfg = replace(SlamConfig(encoder=args.encoder, llm=args.llm, whisper_window="trim", ctc_compress=True),
+        cfg = replace(SlamConfig(encoder=args.encoder, llm=args.llm, whisper_window=args.whisper_window,
+                                 ctc_compress=True),
                       **slam_over)
         tcfg = TrainConfig(**{"steps": args.steps, **train_over, **overrides})
         model, result = train_slam(cfg, tcfg, path(args.train), task=args.task, train_limit=args.train_limit,

@@ -35,7 +35,7 @@ train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {
 ctc_steps = None  # CTC warm-start steps of the cpu recipe (shared by its models); None: the recipe default
 text_llms = ["qwen2.5-coder-1.5b", "smollm2-135m"]  # LLMs measured on text-only input (two families)
 angle_samples = 200  # utterances / sentences averaged per distance matrix
-whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
+whisper_window = "padded"  # Whisper features: "full" (30 s window), "padded" (+ 2 s of silence) or "trim"
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, p·E input; book/method.md)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
 lora_llms = ["smollm2-135m"]  # decoders also trained with LoRA on the decoder (claim 2); [] skips claim 2
@@ -64,6 +64,7 @@ from myst_nb import glue
 from speechllm_redundancy import angles, plots, sweep
 from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
+from speechllm_redundancy.ceilings import cached_gold_ceiling
 from speechllm_redundancy.data import build_corpus, read_manifest
 from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
 from speechllm_redundancy.layers import num_decoder_layers
@@ -173,7 +174,8 @@ depth.style.format({"layers": "{:.0f}", "optimal block in deeper half": "{:.0%}"
 # ## LoRA on the decoder
 #
 # For the decoders in `lora_llms`, a second SLAM model is trained with LoRA on the decoder's attention
-# projections (q, k, v, o) besides the projector, with the same steps and data. Its map on the same audio,
+# projections (q, k, v, o) on the same data (the `cpu` recipe keeps its warm start's projector fixed and trains
+# the adapters only, `lora_steps` steps; the `paper` recipe trains them with the projector). Its map on the same audio,
 # then, for both models, the mean distance $D(\ell^*(n), n)$ of the block each would prune (its own optimal
 # path, $n = 1 \ldots L-1$).
 
@@ -256,8 +258,10 @@ settings_table(settings)
 
 # %%
 for _, r in tolerance.iterrows():  # the unpruned models of the tolerance walks, for the results file
+    ceiling = {s: cached_gold_ceiling(r["decoder"], "asr", manifests[s], eval_limit, device=device)
+               for s in eval_sets}
     record_baseline(r["decoder"], f"{r['decoder training']} decoder", "asr",
-                    {s: r[f"WER {s} (%)"] for s in eval_sets}, chance, recipe=recipe)
+                    {s: r[f"WER {s} (%)"] for s in eval_sets}, chance, ceiling, recipe=recipe)
 holds1 = agreement >= 0.8 and mean_delta < 0.05
 glue_verdict(1, holds1, f"text vs speech mean |ΔD| = {mean_delta:.3f}, optimal paths agree on {agreement:.0%} of "
                         "block sizes", variant=f"text maps vs frozen-decoder SLAM maps of {', '.join(speech_llms)}",

@@ -30,7 +30,7 @@ encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory 
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models; this chapter heals the first
 train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
 ctc_steps = None  # CTC warm-start steps of the cpu recipe (shared by its models); None: the recipe default
-whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
+whisper_window = "padded"  # Whisper features: "full" (30 s window), "padded" (+ 2 s of silence) or "trim"
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, p·E input; book/method.md)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
 healing_steps = 300  # training steps of each healing run
@@ -63,6 +63,7 @@ from myst_nb import glue
 from speechllm_redundancy import plots, sweep
 from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
+from speechllm_redundancy.ceilings import cached_gold_ceiling
 from speechllm_redundancy.data import build_corpus, read_manifest
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
@@ -180,7 +181,8 @@ settings_table(settings)
 # %%
 baseline = sweep.baseline_scores(walks[walks.path == "speech-derived"])
 chance = sweep.chance_scores(manifests, eval_sets, "asr", eval_limit)
-record_baseline(llm, "frozen decoder", "asr", baseline, chance, recipe=recipe)
+ceiling = {s: cached_gold_ceiling(slam, "asr", manifests[s], eval_limit) for s in eval_sets}
+record_baseline(llm, "frozen decoder", "asr", baseline, chance, ceiling, recipe=recipe)
 unusable = no_better_than_chance(baseline, chance, "asr")
 mean = speech["mean relative WER change"]
 parts = {

@@ -28,7 +28,7 @@ encoder = "whisper-base"  # frozen speech encoder: zoo name, local HF directory 
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models
 train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
 ctc_steps = None  # CTC warm-start steps of the cpu recipe (shared by its models); None: the recipe default
-whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
+whisper_window = "padded"  # Whisper features: "full" (30 s window), "padded" (+ 2 s of silence) or "trim"
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, p·E input; book/method.md)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
@@ -56,6 +56,7 @@ from myst_nb import glue
 from speechllm_redundancy import plots, sweep
 from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
+from speechllm_redundancy.ceilings import cached_gold_ceiling
 from speechllm_redundancy.data import build_corpus
 from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
 from speechllm_redundancy.layers import num_decoder_layers
@@ -147,7 +148,8 @@ settings_table(settings)
 
 # %%
 for llm, walk in walks.items():
-    record_baseline(llm, "frozen decoder", "asr", sweep.baseline_scores(walk), chance, recipe=recipe)
+    ceiling = {s: cached_gold_ceiling(llm, "asr", manifests[s], eval_limit, device=device) for s in eval_sets}
+    record_baseline(llm, "frozen decoder", "asr", sweep.baseline_scores(walk), chance, ceiling, recipe=recipe)
 usable = ordered[[not bad for bad in ordered["unusable"]]]
 unusable = "; ".join(describe_unusable(r["model"], r["unusable"]) for _, r in ordered.iterrows() if r["unusable"])
 variant = f"frozen decoders of {', '.join(ordered['model'])}, no healing"

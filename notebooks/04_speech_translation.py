@@ -29,7 +29,7 @@ encoder = "whisper-base"  # speech encoder of the ASR models (the ASR-derived pa
 speech_llms = ["smollm2-135m", "qwen2.5-coder-0.5b"]  # decoders of the SLAM models
 train_steps = 3000  # SLAM training steps (projector, and LoRA where used), or {decoder: steps}; shared via the cache
 ctc_steps = None  # CTC warm-start steps of the cpu recipe (shared by its models); None: the recipe default
-whisper_window = "trim"  # Whisper features: "full" 30 s window (faithful) or "trim" (cheaper)
+whisper_window = "padded"  # Whisper features: "full" (30 s window), "padded" (+ 2 s of silence) or "trim"
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, p·E input; book/method.md)
 train_limit = 8192  # ASR models: the first N utterances of the training split only; None uses all of it
 ast_train_limit = 2048  # translation models: the first N utterances of each direction's training split
@@ -68,6 +68,7 @@ from myst_nb import glue
 from speechllm_redundancy import angles, plots, sweep
 from speechllm_redundancy.book import glue_verdict, settings_table
 from speechllm_redundancy.cache import key_of
+from speechllm_redundancy.ceilings import cached_gold_ceiling
 from speechllm_redundancy.data import build_corpus
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.evaluation import AST_THRESHOLD, describe_unusable, no_better_than_chance
@@ -218,8 +219,9 @@ chance = {d: sweep.chance_scores(manifests, [f"{d}-test"], f"ast-{d}", eval_limi
 unusable = []
 for _, r in summary.iterrows():
     task, test_split = f"ast-{r['direction']}", f"{r['direction']}-test"
+    ceiling = cached_gold_ceiling(r["model"], task, manifests[test_split], eval_limit, device=device)
     record_baseline(r["model"], "frozen decoder", task, {test_split: r["baseline BLEU"]}, chance[r["direction"]],
-                    recipe=recipe)
+                    ceiling, recipe=recipe)
     if bad := no_better_than_chance({test_split: r["baseline BLEU"]}, chance[r["direction"]], task):
         unusable.append(describe_unusable(r["model"], bad, task))
 how = f"with {healing} healing" if healing != "none" else "without healing"

@@ -1,11 +1,12 @@
 """Gold-input ceilings: the decoder handed the gold input as text in a SLAM layout (tiny random decoder)."""
 
+import copy
 import math
 
 import pytest
 import torch
 
-from slam_tiny import tiny_llm
+from slam_tiny import save_tiny_llm, tiny_llm
 from speechllm_redundancy import ceilings
 from speechllm_redundancy.ceilings import candidates_for, decode_text_inputs, gold_ceiling, search_layouts
 from speechllm_redundancy.data.manifest import Utterance
@@ -125,3 +126,115 @@ def test_answers_match_hf_generate_and_stop_at_the_stop_string(tiny):
     cut = PromptLayout(tok, True, "", {"asr": {**free, "stop": stop}})
     expected = [a.split(stop, 1)[0].strip() for a in answers]
     assert decode_text_inputs(llm, cut, "asr", TEXTS, batch_size=3) == expected
+
+
+# -- cached_gold_ceiling: the ceiling each chapter records beside its baselines ---------------------------
+
+@pytest.fixture
+def saved(tmp_path, monkeypatch):
+    """A tiny decoder saved to a directory (its name for the zoo), SLAM models around copies of it, and a
+    manifest of TEXTS with their GERMAN translations; artifacts in tmp_path."""
+    from speechllm_redundancy.data.manifest import write_manifest
+    from speechllm_redundancy.slam import SlamConfig, SlamModel, load_llm
+
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    name = save_tiny_llm(tmp_path / "decoder", seed=4)
+    llm, tok = load_llm(name)
+
+    def slam(**config):  # each model its own copy of the decoder (peft wraps it in place)
+        return SlamModel(SlamConfig(encoder="tiny-whisper", llm=name, encoder_dim=16, projector_hidden=32,
+                                    **config), copy.deepcopy(llm), tok)
+
+    manifest = write_manifest(tmp_path / "test.jsonl", utts(GERMAN))
+    return name, slam, manifest
+
+
+def _no_decoding(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded again: the cached ceiling was not used")
+
+    monkeypatch.setattr(ceilings, "decode_text_inputs", refuse)
+
+
+def test_cached_ceiling_is_gold_ceiling_and_decodes_once(saved, monkeypatch):
+    name, slam, manifest = saved
+    model = slam()
+    res = ceilings.cached_gold_ceiling(model, "asr", manifest, 3)
+    direct = gold_ceiling(model.llm, model.tokenizer, "asr", utts()[:3])
+    assert res["metric"] == "wer" and res["score"] == pytest.approx(direct["score"])
+    assert res["hyps"] == direct["hyps"] and res["refs"] == TEXTS[:3]
+    ast = ceilings.cached_gold_ceiling(model, "ast-en-de", manifest)  # limit None: the whole manifest
+    direct_ast = gold_ceiling(model.llm, model.tokenizer, "ast-en-de", utts(GERMAN))
+    assert ast["metric"] == "bleu" and ast["score"] == pytest.approx(direct_ast["score"])
+    stored = manifest.parent / "artifacts" / "ceilings"
+    files = sorted(p.name for p in stored.iterdir())
+    assert len(files) == 2 and all(f.endswith(".json") for f in files)
+
+    _no_decoding(monkeypatch)
+    again = ceilings.cached_gold_ceiling(model, "asr", manifest, 3)
+    assert again["score"] == res["score"] and again["hyps"] == res["hyps"]
+    # the decoder by name, in the SlamConfig-default layout the model has: the same key, no model load
+    monkeypatch.setattr("speechllm_redundancy.slam.load_llm", lambda *a, **k: pytest.fail("loaded a decoder"))
+    assert ceilings.cached_gold_ceiling(name, "asr", manifest, 3)["hyps"] == res["hyps"]
+    # the record_baseline column takes the result as it is
+    from speechllm_redundancy.results import _ceiling_score
+    assert _ceiling_score(again, "wer") == res["score"]
+    assert sorted(p.name for p in stored.iterdir()) == files
+
+
+def test_cached_ceiling_key_follows_manifest_limit_and_layout(saved, monkeypatch, tmp_path):
+    from speechllm_redundancy.data.manifest import write_manifest
+
+    name, slam, manifest = saved
+    calls = []
+    real = ceilings.decode_text_inputs
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[3]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ceilings, "decode_text_inputs", counted)
+    ceilings.cached_gold_ceiling(name, "asr", manifest, 2)
+    ceilings.cached_gold_ceiling(name, "asr", manifest, 2)
+    assert calls == [2]
+    ceilings.cached_gold_ceiling(name, "asr", manifest, 3)  # another limit
+    assert calls == [2, 3]
+    write_manifest(manifest, utts()[::-1])  # the same path, other bytes (other sentences first)
+    res = ceilings.cached_gold_ceiling(name, "asr", manifest, 2)
+    assert calls == [2, 3, 2] and res["refs"] == TEXTS[::-1][:2]
+    ceilings.cached_gold_ceiling(name, "asr", manifest, 2, prompt="Transcribe the speech.")  # another layout
+    assert calls == [2, 3, 2, 2]
+    ceilings.cached_gold_ceiling(slam(chat_template=False), "asr", manifest, 2)
+    assert calls == [2, 3, 2, 2, 2]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(UserError, match="limit"):
+            ceilings.cached_gold_ceiling(name, "asr", manifest, bad)
+    with pytest.raises(UserError, match="does not exist"):
+        ceilings.cached_gold_ceiling(name, "asr", tmp_path / "missing.jsonl", 2)
+
+
+def test_cached_ceiling_is_the_base_decoders_and_refuses_a_pruned_one(saved):
+    """A LoRA model's ceiling is measured with its adapters off (they stay on afterwards); a pruned
+    decoder has no ceiling of its own."""
+    from speechllm_redundancy.pruning import prune_block
+
+    name, slam, manifest = saved
+    base = slam()
+    expected = gold_ceiling(base.llm, base.tokenizer, "asr", utts())
+    lora = slam(lora={"r": 4, "alpha": 64}).eval()  # eval: no LoRA dropout
+    torch.manual_seed(0)
+    for n, p in lora.llm.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 1.0)
+    adapted = gold_ceiling(lora.llm, lora.tokenizer, "asr", utts())["hyps"]
+    assert adapted != expected["hyps"]  # the adapters change the answers ...
+    res = ceilings.cached_gold_ceiling(lora, "asr", manifest)
+    # ... not the ceiling
+    assert res["hyps"] == expected["hyps"] and res["score"] == pytest.approx(expected["score"])
+    assert gold_ceiling(lora.llm, lora.tokenizer, "asr", utts())["hyps"] == adapted  # and are on again
+    assert not lora.llm.training
+
+    pruned = slam()
+    pruned.llm = prune_block(pruned.llm, 1, 1)
+    with pytest.raises(UserError, match="unpruned"):
+        ceilings.cached_gold_ceiling(pruned, "asr", manifest, 2)

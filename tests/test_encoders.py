@@ -56,7 +56,24 @@ def test_whisper_trim_computes_the_same_log_mel_as_the_30_s_window(whisper_dir):
     assert enc.encode([x])[0].shape == (100, 32)
 
 
-@pytest.mark.parametrize("window", ["trim", "full"])
+def test_whisper_padded_window_is_trim_with_two_seconds_of_silence_after_the_speech(whisper_dir):
+    # padded keeps trim's frames but computes them with 2 s of silence after the utterance in the window
+    trim = SpeechEncoder.from_name(whisper_dir, whisper_window="trim")
+    padded = SpeechEncoder.from_name(whisper_dir, whisper_window="padded")
+    x = wav(1.3)
+    got = padded.encode([x])[0]
+    assert got.shape == trim.encode([x])[0].shape == (65, 32)
+    with_silence = torch.cat([x, torch.zeros(2 * 16000)])
+    torch.testing.assert_close(got, trim.encode([with_silence])[0][:65], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, trim.encode([x])[0], atol=1e-3)  # the silence changes the frames
+    assert padded.batch_key(x.numel()) == trim.batch_key(x.numel()) + 200  # mel frames: 2 s more
+    # near 30 s there is no room for silence: the window stops at Whisper's 30 s
+    full = SpeechEncoder.from_name(whisper_dir, whisper_window="full")
+    y = wav(29.5)
+    torch.testing.assert_close(padded.encode([y])[0], full.encode([y])[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", ["trim", "padded", "full"])
 def test_whisper_batching_does_not_change_features(whisper_dir, window):
     enc = SpeechEncoder.from_name(whisper_dir, whisper_window=window)
     a, b = wav(1.2), wav(1.7, 1)  # same whole-second bucket → one batch (full: every length shares one)

@@ -145,7 +145,11 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
     _, run3 = trained_slam(whisper, llm, manifest, steps=2, recipe="cpu", train_limit=3, ctc_steps=3,
                            lora={"r": 2}, progress=False)
     assert run3.warm_start.out_dir == run.warm_start.out_dir and run3.key != run.key and run3.steps == {"slam": 2}
-    assert json.loads((run3.out_dir / "result.json").read_text())["config"]["lr"] == 5e-4
+    config3 = json.loads((run3.out_dir / "result.json").read_text())["config"]
+    assert config3["lr"] == 5e-4 and config3["freeze_projector"]
+    warm = SlamModel.load(run.warm_start.out_dir / "final")
+    lora = SlamModel.load(run3.out_dir / "final")
+    torch.testing.assert_close(lora.projector.state_dict(), warm.projector.state_dict())  # adapters only
     # 0 next-token steps: the decoder reads the warm start as it is
     _, run4 = trained_slam(whisper, llm, manifest, steps=0, recipe="cpu", train_limit=3, ctc_steps=3, progress=False)
     assert run4.steps == {} and run4.warm_start.out_dir == run.warm_start.out_dir

@@ -171,6 +171,7 @@ def validate_profile(profile: Profile, stems: list[str] | None = None) -> None:
     if unknown:
         raise UserError(f"profile {profile.path} names chapters {unknown} that do not exist: "
                         f"use notebook stems from notebooks/ ({', '.join(known)})")
+    _check_model_names(profile)
     problems = []
     for stem in stems or known:
         declared = declared_parameters(read_chapter(stem))
@@ -187,6 +188,33 @@ def validate_profile(profile: Profile, stems: list[str] | None = None) -> None:
         raise UserError(f"profile {profile.path} does not fit the notebooks: {'; '.join(problems)}. "
                         "Fix: declare each parameter (with a default) in the notebook's `parameters` cell, "
                         "or remove it from the profile")
+
+
+def profile_model_names(profile: Profile) -> list[tuple[str, str]]:
+    """(where, name) of every model the profile names: its `models` list and the parameters called
+    `encoder`, `*_encoder` or `*_llms` (the notebooks' convention for model names)."""
+    found = [("models", m) for m in profile.models]
+    sections = [("common", profile.common), *((f"chapters.{s}", p) for s, p in profile.chapters.items())]
+    for prefix, params in sections:
+        for key, value in params.items():
+            if key == "encoder" or key.endswith(("_encoder", "_llms")):
+                values = value if isinstance(value, list) else [value]
+                found += [(f"{prefix}.{key}", str(v)) for v in values if v is not None]
+    return found
+
+
+def _check_model_names(profile: Profile) -> None:
+    """A misspelt model fails here, before any chapter runs, not when the chapter that uses it loads it."""
+    from speechllm_redundancy.zoo.fetch import reference_kind
+
+    bad = []
+    for where, name in profile_model_names(profile):
+        try:
+            reference_kind(name)
+        except UserError as err:
+            bad.append(f"`{where}`: {err}")
+    if bad:
+        raise UserError(f"profile {profile.path} names models that cannot be loaded: {' | '.join(bad)}")
 
 
 # --------------------------------------------------------------------------------------------- execution

@@ -10,7 +10,10 @@ and recorded with the model (``SlamConfig.prompts``).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import asdict
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -128,3 +131,98 @@ def search_layouts(llm, tokenizer, task: str, utterances, candidates: Mapping[st
                      "example": res["hyps"][0] if res["hyps"] else ""})
     lower_better = task == "asr"
     return sorted(rows, key=lambda r: r["score"] if lower_better else -r["score"])
+
+
+CEILING_FORMAT = 1  # bump when what a cached ceiling holds, or how it is measured, changes
+
+
+def cached_gold_ceiling(decoder, task: str, manifest_path, limit: int | None = None, *, prompt=None,
+                        chat_template: bool = True, system_prompt: str | None = "", dtype: str = "float32",
+                        device: str | None = None, batch_size: int = 16) -> dict:
+    """``gold_ceiling`` of a decoder on the first ``limit`` utterances of ``manifest_path`` (None: all),
+    computed once and kept under ``artifacts/ceilings/``, keyed by the decoder's weights, its layout, the
+    task, the manifest's bytes and ``limit``. Returns dict(metric, score, hyps, refs), ready for
+    ``results.record_baseline(..., ceiling=)``.
+
+    ``decoder``: a ``SlamModel`` — its already-loaded decoder is measured in the layout it decodes with (its
+    config's prompt for the task, chat template and system prompt; the layout arguments here are then
+    unused), with any LoRA adapters switched off: the ceiling is that of the *base* decoder, shared by the
+    frozen-decoder and LoRA models built on it. Or a decoder name (zoo name / local directory / hub id),
+    loaded (with ``dtype``, on ``device``) only when the cache misses, in the layout given here (the
+    defaults are ``SlamConfig``'s). A pruned decoder is refused: the ceiling bounds the unpruned model.
+    """
+    from speechllm_redundancy.cache import cached_json, file_sha256, key_of
+    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.encoders import resolve_model
+    from speechllm_redundancy.features import _slug, fingerprint
+    from speechllm_redundancy.paths import artifact_path
+    from speechllm_redundancy.slam import PROMPTS, PromptFormat, SlamModel, load_llm
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"limit={limit!r}: pass a positive number of utterances, or None for the whole "
+                        "manifest.")
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        raise UserError(f"manifest {manifest_path} does not exist: build the corpus first (`corpus build`).")
+    slam = decoder if isinstance(decoder, SlamModel) else None
+    if slam is not None:  # exactly what the model decodes with
+        name, dtype, prompt = slam.config.llm, slam.config.dtype, slam.layout.format(task)
+        chat_template, system_prompt = slam.config.chat_template, slam.config.system_prompt
+    else:
+        name = str(decoder)
+    if prompt is None:
+        if task not in PROMPTS:
+            raise UserError(f"no default layout for task {task!r}: pass prompt=.")
+        prompt = PROMPTS[task]
+    path = resolve_model(name)
+    layout = {"prompt": asdict(PromptFormat.of(prompt)), "chat_template": chat_template,
+              "system_prompt": system_prompt}
+    key = key_of(CEILING_FORMAT, fingerprint(path), dtype, layout, task, file_sha256(manifest_path), limit)
+
+    def compute() -> dict:
+        utterances = read_manifest(manifest_path)[:limit]
+        if slam is None:
+            llm, tokenizer = load_llm(name, getattr(torch, dtype))
+            llm.to(device or "cpu")
+        else:
+            llm, tokenizer = slam.llm, slam.tokenizer
+        _check_unpruned(llm, path, name)
+        with _adapters_off(llm) as base:
+            res = gold_ceiling(base, tokenizer, task, utterances, prompt, chat_template=chat_template,
+                               system_prompt=system_prompt, batch_size=batch_size)
+        return {**res, "llm": name, "task": task, "manifest": str(manifest_path.resolve()), "limit": limit,
+                "layout": layout}
+
+    return cached_json(artifact_path("ceilings", f"{task}-{_slug(manifest_path.stem)}-{key}.json"), compute)
+
+
+def _check_unpruned(llm, path: str, name: str) -> None:
+    """Refuse a decoder with fewer layers than its weights directory's config (a pruned one)."""
+    import json
+
+    from speechllm_redundancy.layers import num_decoder_layers
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return  # a hub id: nothing local to compare with
+    cfg = json.loads(config.read_text())
+    layers = cfg.get("num_hidden_layers", (cfg.get("text_config") or {}).get("num_hidden_layers"))
+    if layers is not None and num_decoder_layers(llm) != layers:
+        raise UserError(f"the decoder has {num_decoder_layers(llm)} layers, {name} has {layers}: the "
+                        "gold-input ceiling is of the unpruned decoder; pass the unpruned SLAM model or the "
+                        "decoder's name.")
+
+
+@contextlib.contextmanager
+def _adapters_off(llm):
+    """The decoder without its LoRA adapters (peft's ``disable_adapter``), in eval mode; restored after."""
+    training = llm.training
+    llm.eval()
+    try:
+        if hasattr(llm, "disable_adapter") and getattr(llm, "peft_config", None):
+            with llm.disable_adapter():
+                yield llm.get_base_model()
+        else:
+            yield llm
+    finally:
+        llm.train(training)

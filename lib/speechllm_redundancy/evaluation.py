@@ -178,15 +178,13 @@ def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = N
     """
     import time
 
-    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.data.manifest import read_manifest, targets
     from speechllm_redundancy.features import cached_features
 
     utts = read_manifest(manifest_path)[: limit or None]
+    refs = targets(utts, task, manifest_path)  # before encoding: a missing reference fails at once
     store = cached_features(model.config.encoder, manifest_path, whisper_window=model.config.whisper_window,
                             limit=limit or None, progress=progress)
-    refs = [u.text if task == "asr" else u.translation for u in utts]
-    if any(r is None for r in refs):
-        raise UserError(f"{manifest_path} has no translations: evaluate task {task!r} on a translation manifest.")
     start = time.perf_counter()
     hyps = model.generate([store[u.id] for u in utts], task, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, progress=progress)

@@ -121,13 +121,13 @@ def cached_features(
     hold a few more). ``None`` encodes the whole manifest."""
     from tqdm.auto import tqdm
 
-    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.data.manifest import read_manifest, validate_manifest
 
     try:
         from speechllm_redundancy.data.manifest import load_audio
     except ImportError:  # the data package keeps it in audio.py
         from speechllm_redundancy.data.audio import load_audio
-    from speechllm_redundancy.encoders import SpeechEncoder
+    from speechllm_redundancy.encoders import WHISPER_MAX_SECONDS, SpeechEncoder
 
     if limit is not None and limit < 1:
         raise UserError(f"limit={limit}: pass a positive number of utterances, or None for the whole manifest.")
@@ -141,14 +141,13 @@ def cached_features(
         if index.get("complete", True) or (limit is not None and sum(map(len, index["shards"])) >= limit):
             return FeatureStore(out)
 
-    utts = read_manifest(manifest_path)
-    ids = [u.id for u in utts]
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{manifest_path} repeats utterance ids: make every id unique.")
-    shards = [utts[i : i + shard_size] for i in range(0, len(utts), shard_size)]
-    needed = shards if limit is None else shards[: math.ceil(min(limit, len(utts)) / shard_size)]
     if isinstance(encoder, str):
         encoder = SpeechEncoder.from_name(encoder, whisper_window=whisper_window)
+    # every row, before the first shard: a bad one (missing, empty, too long …) must not surface minutes in
+    validate_manifest(manifest_path, max_seconds=WHISPER_MAX_SECONDS if encoder.kind == "whisper" else None)
+    utts = read_manifest(manifest_path)
+    shards = [utts[i : i + shard_size] for i in range(0, len(utts), shard_size)]
+    needed = shards if limit is None else shards[: math.ceil(min(limit, len(utts)) / shard_size)]
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=sum(map(len, needed)), desc=f"encode {Path(manifest_path).stem} ({name})", unit="utt",
                disable=not progress)

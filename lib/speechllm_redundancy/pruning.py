@@ -133,6 +133,10 @@ def _cmd_prune(args) -> int:
     from speechllm_redundancy.angles import DTYPES
     from speechllm_redundancy.zoo import load_causal_lm
 
+    if args.size == 0:  # prune_block allows it (the n = 0 point of a walk); as a command it would only copy
+        raise UserError(f"--size 0 removes no layer: {args.output} would be a copy of {args.model}. Pass "
+                        "--size 1 or more (the number of consecutive layers to remove); to copy a model, copy "
+                        "its directory.")
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.force:
         raise UserError(f"{output} exists and is not empty; choose another --output or pass --force.")

@@ -125,7 +125,7 @@ class SlamConfig:
     ctc_temperature: float = 1.0  # softmax temperature of the posteriors in "soft"
     max_target_tokens: int = 256
     dtype: str = "float32"  # the LLM's weights; the projector always trains in float32
-    whisper_window: str = "full"  # Whisper features: "full" 30 s window (faithful) or "trim" (~6x cheaper)
+    whisper_window: str = "full"  # Whisper features: "full" 30 s window, "padded" (utterance + 2 s) or "trim"
 
 
 class Projector(nn.Module):

@@ -18,6 +18,7 @@ TASKS = ("asr", "ast-en-de", "ast-fr-en")
 
 
 def register(subparsers) -> None:
+    from speechllm_redundancy.encoders import WHISPER_WINDOWS
     from speechllm_redundancy.slam import SlamConfig
     from speechllm_redundancy.training import TrainConfig
 
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     feats = sub.add_parser("features", help="compute (or find) the cached encoder features of a manifest")
     feats.add_argument("--encoder", required=True, help="zoo name, local HF dir or hub id")
     feats.add_argument("--manifest", required=True, nargs="+")
-    feats.add_argument("--whisper-window", default="full", choices=("trim", "full"))
+    feats.add_argument("--whisper-window", default="full", choices=WHISPER_WINDOWS)
     feats.add_argument("--limit", type=int, help="encode only the first N utterances (whole shards)")
     feats.set_defaults(func=_features)
 
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
     tr.add_argument("--lora-r", type=int, default=8)
     tr.add_argument("--lora-alpha", type=int, default=16)
     tr.add_argument("--k", type=int, default=SlamConfig.k, help="frames concatenated per projector input")
-    tr.add_argument("--whisper-window", default=SlamConfig.whisper_window, choices=("trim", "full"))
+    tr.add_argument("--whisper-window", default=SlamConfig.whisper_window, choices=WHISPER_WINDOWS)
     tr.add_argument("--no-chat-template", action="store_true")
     tr.add_argument("--ctc-compress", action="store_true",
                     help="feed the LLM one vector per CTC label run (needs a CTC head: --ctc-warmup-steps > 0 "

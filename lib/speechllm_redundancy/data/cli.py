@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     build.add_argument("--workers", type=int, default=None, help="synthesis processes (default: all cores)")
     build.set_defaults(func=_build)
     check = sub.add_parser(
-        "validate", help="check manifests: audio present, readable, short enough; ids unique"
+        "validate", help="check manifests: UTF-8, ids unique, text present; audio present, readable, "
+        "not empty, at its stated rate, short enough"
     )
     check.add_argument("manifest", nargs="+", type=Path)
     check.add_argument("--max-seconds", type=float, default=30.0, help="longest audio the encoder accepts")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,7 +37,27 @@ class Utterance:
 _FIELDS = {f.name for f in fields(Utterance)}
 
 
-def _parse_line(line: str, where: str, base: Path) -> Utterance:
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of the non-blank lines: decoded one by one, so a line in another encoding
+    is named by its number instead of failing the whole file with a UnicodeDecodeError."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if raw.strip():
+                yield number, raw
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{where}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1}); "
+            "re-save the manifest as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+
+
+def _parse_line(raw: bytes, where: str, base: Path) -> Utterance:
+    line = _decode(raw, where)
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
@@ -67,12 +87,24 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             f"manifest {path} does not exist: build the corpus first (`corpus build`) or fix the path"
         )
     base = path.resolve().parent
-    utts = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                utts.append(_parse_line(line, f"{path}:{number}", base))
-    return utts
+    return [_parse_line(raw, f"{path}:{number}", base) for number, raw in _lines(path)]
+
+
+def targets(utts: Sequence[Utterance], task: str, source: str | os.PathLike) -> list[str]:
+    """What a model learns and is scored on: the transcript for ``asr``, the translation for ``ast-*``.
+    Callers check this before encoding anything: a row without its target is named at once, not after
+    minutes of feature extraction."""
+    name = "text" if task == "asr" else "translation"
+    found = [getattr(u, name) for u in utts]
+    missing = [u.id for u, t in zip(utts, found) if t is None or not str(t).strip()]
+    if missing:
+        listed = ", ".join(map(repr, missing[:3])) + (", …" if len(missing) > 3 else "")
+        raise UserError(
+            f"{source}: {len(missing)} utterance(s) have no {name} for task {task!r} ({listed}): give each "
+            f"its `{name}`, or use a manifest built for this task"
+            + (" (a corpus's <src>-<tgt>-train.jsonl / -test.jsonl)" if name == "translation" else "")
+        )
+    return found
 
 
 def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> Path:
@@ -89,13 +121,12 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> Path:
     return path
 
 
-def validate_manifest(path: str | os.PathLike, max_seconds: float = 30.0) -> dict:
-    """Check every line: parsable, unique id, non-empty text (and translation), readable audio no longer
-    than ``max_seconds`` (what the speech encoder accepts). Raises UserError listing the problems by
-    file:line; returns counts and hours on success.
+def validate_manifest(path: str | os.PathLike, max_seconds: float | None = 30.0) -> dict:
+    """Check every line: UTF-8, parsable, unique id, non-empty text (and translation), audio present,
+    readable, not empty, at the ``sample_rate`` the line states and no longer than ``max_seconds`` (what
+    the speech encoder accepts; None: no limit). Raises UserError listing the problems by file:line;
+    returns counts and hours on success. Cheap (file headers only): run it before encoding anything.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest {path} does not exist: check the path")
@@ -104,46 +135,31 @@ def validate_manifest(path: str | os.PathLike, max_seconds: float = 30.0) -> dic
     seen: dict[str, int] = {}
     seconds = 0.0
     count = 0
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                utt = _parse_line(line, where, base)
-            except UserError as err:
-                problems.append(str(err))
-                continue
-            count += 1
-            if utt.id in seen:
-                problems.append(
-                    f"{where}: duplicate id {utt.id!r} (first on line {seen[utt.id]}); ids must be unique"
-                )
-            else:
-                seen[utt.id] = number
-            if not str(utt.text).strip():
-                problems.append(f"{where}: empty text for {utt.id!r}; give its transcript or drop the line")
-            if utt.tgt_lang and not str(utt.translation or "").strip():
-                problems.append(f"{where}: empty translation for {utt.id!r} (tgt_lang={utt.tgt_lang})")
-            if not Path(utt.audio).is_file():
-                problems.append(
-                    f"{where}: audio file {utt.audio} is missing; fix the path or rebuild the corpus"
-                )
-                continue
-            try:
-                info = sf.info(utt.audio)
-            except Exception as err:  # noqa: BLE001 - soundfile raises several types for unreadable data
-                problems.append(
-                    f"{where}: audio file {utt.audio} is unreadable ({err}); re-create or convert it"
-                )
-                continue
-            length = info.frames / info.samplerate
-            seconds += length
-            if length > max_seconds:
-                problems.append(
-                    f"{where}: audio {utt.audio} lasts {length:.1f} s, longer than the encoder's {max_seconds:g} s; "
-                    "split or drop it (or raise max_seconds for an encoder that accepts more)"
-                )
+    for number, raw in _lines(path):
+        where = f"{path}:{number}"
+        try:
+            utt = _parse_line(raw, where, base)
+        except UserError as err:
+            problems.append(str(err))
+            continue
+        count += 1
+        if utt.id in seen:
+            problems.append(
+                f"{where}: duplicate id {utt.id!r} (first on line {seen[utt.id]}); ids must be unique"
+            )
+        else:
+            seen[utt.id] = number
+        if not str(utt.text).strip():
+            problems.append(f"{where}: empty text for {utt.id!r}; give its transcript or drop the line")
+        if utt.tgt_lang and not str(utt.translation or "").strip():
+            problems.append(
+                f"{where}: empty translation for {utt.id!r} (tgt_lang={utt.tgt_lang}); give its translation "
+                "or drop the line"
+            )
+        length, problem = _audio_problem(utt, where, max_seconds)
+        seconds += length
+        if problem:
+            problems.append(problem)
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -151,3 +167,32 @@ def validate_manifest(path: str | os.PathLike, max_seconds: float = 30.0) -> dic
     if count == 0:
         raise UserError(f"{path}: the manifest has no utterances; build or fill it first")
     return {"utterances": count, "hours": seconds / 3600.0}
+
+
+def _audio_problem(utt: Utterance, where: str, max_seconds: float | None) -> tuple[float, str | None]:
+    """(seconds, what is wrong with the utterance's audio file or None), from its header alone."""
+    import soundfile as sf
+
+    if not Path(utt.audio).is_file():
+        return 0.0, f"{where}: audio file {utt.audio} is missing; fix the path or rebuild the corpus"
+    try:
+        info = sf.info(utt.audio)
+    except Exception as err:  # noqa: BLE001 - soundfile raises several types for unreadable data
+        return 0.0, f"{where}: audio file {utt.audio} is unreadable ({err}); re-create or convert it"
+    length = info.frames / info.samplerate
+    if info.frames == 0:
+        return 0.0, (f"{where}: audio file {utt.audio} of {utt.id!r} is empty (0 samples); re-record it or "
+                     "drop the line")
+    if utt.sample_rate and utt.sample_rate != info.samplerate:
+        # the audio is resampled to 16 kHz when read, whatever its rate; a disagreement means the line
+        # describes another file than the one on disk (replaced, re-encoded, or a wrong path)
+        return length, (
+            f"{where}: audio file {utt.audio} of {utt.id!r} is {info.samplerate} Hz but the line says "
+            f"sample_rate {utt.sample_rate}; rebuild the manifest from the audio (or fix sample_rate)"
+        )
+    if max_seconds is not None and length > max_seconds:
+        return length, (
+            f"{where}: audio {utt.audio} lasts {length:.1f} s, longer than the encoder's {max_seconds:g} s; "
+            "split or drop it (or raise max_seconds for an encoder that accepts more)"
+        )
+    return length, None

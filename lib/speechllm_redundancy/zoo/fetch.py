@@ -56,8 +56,21 @@ def wheels_dir() -> Path:
 def resolve(name_or_path: str | os.PathLike) -> str:
     """A local HF directory for a packaged or tiny name / local directory; a hub id passes through."""
     ref = str(name_or_path)
-    if ref in MODELS:
+    kind = reference_kind(ref)
+    if kind == "registry":
         return str(ensure_built(MODELS[ref]))
+    if kind == "directory":
+        return str(Path(ref).expanduser().resolve())
+    _check_hub(ref)
+    return ref
+
+
+def reference_kind(name_or_path: str | os.PathLike) -> str:
+    """"registry", "directory" or "hub" for a reference ``resolve`` can load; UserError naming the fix for
+    any other. Builds and downloads nothing, so a profile's names are checked before a run starts."""
+    ref = str(name_or_path)
+    if ref in MODELS:
+        return "registry"
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -65,10 +78,9 @@ def resolve(name_or_path: str | os.PathLike) -> str:
                 f"{path} is not a Hugging Face model directory (no config.json in it); pass a directory "
                 f"written by save_pretrained, or a packaged model name ({', '.join(MODELS)})."
             )
-        return str(path.resolve())
+        return "directory"
     if HUB_ID.match(ref) and not ref.startswith((".", "~")):
-        _check_hub(ref)
-        return ref
+        return "hub"
     if "/" in ref or os.sep in ref:
         raise UserError(
             f"no such directory: {ref}; check the path, or use a packaged name ({', '.join(MODELS)})."
