@@ -11,6 +11,7 @@ and recorded with the model (``SlamConfig.prompts``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -156,7 +157,7 @@ def cached_gold_ceiling(decoder, task: str, manifest_path, limit: int | None = N
     from speechllm_redundancy.encoders import resolve_model
     from speechllm_redundancy.features import _slug, fingerprint
     from speechllm_redundancy.paths import artifact_path
-    from speechllm_redundancy.slam import PROMPTS, PromptFormat, SlamModel, load_llm
+    from speechllm_redundancy.slam import PROMPTS, PromptFormat, SlamModel
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit={limit!r}: pass a positive number of utterances, or None for the whole "
@@ -182,8 +183,7 @@ def cached_gold_ceiling(decoder, task: str, manifest_path, limit: int | None = N
     def compute() -> dict:
         utterances = read_manifest(manifest_path)[:limit]
         if slam is None:
-            llm, tokenizer = load_llm(name, getattr(torch, dtype))
-            llm.to(device or "cpu")
+            llm, tokenizer = _decoder(name, dtype, device or "cpu")
         else:
             llm, tokenizer = slam.llm, slam.tokenizer
         _check_unpruned(llm, path, name)
@@ -194,6 +194,16 @@ def cached_gold_ceiling(decoder, task: str, manifest_path, limit: int | None = N
                 "layout": layout}
 
     return cached_json(artifact_path("ceilings", f"{task}-{_slug(manifest_path.stem)}-{key}.json"), compute)
+
+
+@functools.lru_cache(maxsize=1)
+def _decoder(name: str, dtype: str, device: str):
+    """The decoder and tokenizer, loaded once for the several sets a chapter measures it on (one at a time:
+    asking for another decoder frees the previous one)."""
+    from speechllm_redundancy.slam import load_llm
+
+    llm, tokenizer = load_llm(name, getattr(torch, dtype))
+    return llm.to(device).eval(), tokenizer
 
 
 def _check_unpruned(llm, path: str, name: str) -> None:
