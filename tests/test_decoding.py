@@ -1,5 +1,6 @@
 """Greedy decoding with the KV cache: batched = batch size 1 = no-cache recomputation; caps and stops."""
 
+import pytest
 import torch
 
 from slam_tiny import tiny_llm
@@ -138,3 +139,35 @@ def test_generate_mixed_tasks_with_different_stops_is_independent_of_batching():
     assert [one[i] for i in (1, 3, 5)] == [ast[i] for i in (1, 3, 5)] and any(stop in ast[i] for i in (1, 3, 5))
     assert model.generate(f, task=tasks, batch_size=6, max_new_tokens=12) == one
     assert model.generate(f[::-1], task=tasks[::-1], batch_size=4, max_new_tokens=12) == one[::-1]
+
+
+def test_generate_caps_each_row_by_its_task_output_ratio(monkeypatch):
+    """The cap is CAP_SLACK + ratio × speech positions, the ratio by task (German outruns its English source)."""
+    import speechllm_redundancy.decoding as decoding
+    from speechllm_redundancy.errors import UserError
+    from speechllm_redundancy.slam import CAP_SLACK, OUTPUT_RATIO
+
+    seen = []
+    real = decoding.greedy
+
+    def spy(llm, embeds, mask, caps, *args, **kwargs):
+        seen.extend(caps)
+        return real(llm, embeds, mask, caps, *args, **kwargs)
+
+    monkeypatch.setattr(decoding, "greedy", spy)
+    model = make()
+    f = feats(40)  # 40 frames → 8 projected positions (k = 5)
+    positions = model.embed_batch(f, "asr")["speech_lengths"][0]
+    for task in ("asr", "ast-en-de", "ast-fr-en"):
+        seen.clear()
+        model.generate(f, task, max_new_tokens=500)
+        assert seen == [CAP_SLACK + int(OUTPUT_RATIO[task] * positions)]
+    assert OUTPUT_RATIO["ast-en-de"] > OUTPUT_RATIO["asr"]
+    seen.clear()
+    model.generate(f, "asr", max_new_tokens=500, tokens_per_frame=3.0)
+    assert seen == [CAP_SLACK + 3 * positions]
+    seen.clear()
+    model.generate(f, "asr", max_new_tokens=5)
+    assert seen == [5]
+    with pytest.raises(UserError, match="tokens_per_frame"):
+        model.generate(f, "asr", tokens_per_frame=0)

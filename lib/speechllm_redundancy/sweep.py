@@ -22,6 +22,7 @@ from speechllm_redundancy.evaluation import (ASR_THRESHOLD, AST_THRESHOLD, relat
                                              removable_fraction)
 from speechllm_redundancy.healing import check_strategy, heal
 from speechllm_redundancy.layers import num_decoder_layers
+from speechllm_redundancy.slam import DECODING_RULE
 
 
 def manifest_evaluator(manifests: Mapping[str, str | os.PathLike], task: str = "asr",
@@ -118,7 +119,7 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         # the unpruned baseline is the same model whatever the strategy: every walk shares its point
         point_strategy = strategy if n else "none"
         point_key = key_of(key, n, start, point_strategy, heal_key if n else None, data_key if n else None,
-                           list(eval_sets))
+                           list(eval_sets), DECODING_RULE)
 
         def compute(n=n, start=start, point_key=point_key):
             model = slam
