@@ -4,10 +4,19 @@ before any expensive work starts and without leaving anything half-written that 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas.testing as pd_testing
 import pytest
 import soundfile as sf
 import torch
@@ -187,8 +196,530 @@ def test_a_checkpoint_holding_pickled_code_is_refused_without_running_it(tmp_pat
     state = torch.load(state_path, weights_only=True)
     marker = tmp_path / "code-ran"
     torch.save({**state, "history": [_Planted(marker)]}, state_path)
+    # the checksum record catches damage, not intent: whoever plants a file can rewrite its record as well
+    (state_path.parent / "checksums.json").unlink()
     with pytest.raises(UserError, match=r"checkpoint/state.pt is not a checkpoint this toolkit wrote .*"
                                         r"Unsupported global: GLOBAL \S*open was not an allowed global.*delete "
                                         r"\S*checkpoint to restart the run from step 0"):
         train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
     assert not marker.exists()
+
+
+# -- damaged caches: a size + sha256 recorded at write time, checked at read time --------------------------
+def _flip_last_byte(path: Path) -> None:
+    """Alter one byte at the end (inside the last tensor's data): the file still parses, its size holds."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_feature_shard_is_encoded_again_with_a_warning_naming_it(damage, tmp_path, whisper_dir,
+                                                                             monkeypatch):
+    from speechllm_redundancy.features import cached_features
+
+    manifest = write_manifest_dir(tmp_path / "corpus")
+    store = cached_features(whisper_dir, manifest, shard_size=2, batch_size=1, progress=False)
+    original = {u: store[u].clone() for u in store}
+    shard = store.directory / "shard-00001.safetensors"
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        _flip_last_byte(shard)
+    encoded = []
+    real = SpeechEncoder.encode
+    monkeypatch.setattr(SpeechEncoder, "encode",
+                        lambda self, waves: encoded.append(len(waves)) or real(self, waves))
+    with pytest.warns(UserWarning, match=r"shard-00001.safetensors is damaged \(.*\): deleted it, "
+                                         r"computing it again"):
+        again = cached_features(whisper_dir, manifest, shard_size=2, batch_size=1, progress=False)
+    assert sum(encoded) == 2  # the two utterances of that shard, nothing else
+    assert sorted(again) == sorted(original)
+    assert all(torch.equal(again[u], original[u]) for u in original)
+
+
+def test_an_altered_walk_point_that_still_parses_is_recomputed(tmp_path):
+    from speechllm_redundancy.sweep import walk_path
+    from test_sweep import LayerCountScore
+
+    slam, score = make(init=0.3), LayerCountScore()
+    first = walk_path(slam, {1: 2}, [1], ["a"], score, tmp_path, progress=False)
+    point = next(tmp_path.glob("point-n1-*.json"))
+    text = point.read_text()
+    altered = text.replace('"a": 0.1', '"a": 0.7', 1)
+    assert altered != text and json.loads(altered)  # still valid JSON, a plausible score
+    point.write_text(altered)
+    calls = len(score.calls)
+    with pytest.warns(UserWarning, match=rf"{point.name} is damaged \(its sha256 differs"):
+        again = walk_path(slam, {1: 2}, [1], ["a"], score, tmp_path, progress=False)
+    assert len(score.calls) == calls + 1  # that point, scored again; the baseline stayed cached
+    assert again.score.tolist() == first.score.tolist()
+    assert json.loads(point.read_text()) == json.loads(text)
+
+
+def test_a_damaged_final_slam_model_is_refused_naming_the_file_and_the_fix(tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1)
+    train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
+    _flip_last_byte(tmp_path / "run" / "final" / "projector.safetensors")
+    with pytest.raises(UserError, match=r"final/projector.safetensors is damaged \(its sha256 differs .*\): "
+                                        r"delete \S*run to train it again"):
+        train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match=r"projector.safetensors is damaged .*: delete \S*final and save the "
+                                        r"model again"):
+        make().load_weights(tmp_path / "run" / "final")
+    (tmp_path / "run" / "final" / "projector.safetensors").write_bytes(b"")  # truncated: named by its size
+    with pytest.raises(UserError, match=r"projector.safetensors is damaged \(0 bytes, \d+ when written\)"):
+        train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
+
+
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_the_fix(tmp_path):
+    cfg = _interrupted_run(tmp_path / "run")
+    state_path = tmp_path / "run" / "checkpoint" / "state.pt"
+    data = bytearray(state_path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state_path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"checkpoint/state.pt is damaged \(its sha256 differs .*\): delete "
+                                        r"\S*checkpoint to restart the run from step 0"):
+        train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
+
+
+def test_a_damaged_converted_model_is_built_again_with_a_warning_naming_the_file():
+    from speechllm_redundancy.zoo import resolve
+
+    path = Path(resolve("tiny-llama"))
+    weights = path / "model.safetensors"
+    original = weights.read_bytes()
+    _flip_last_byte(weights)
+    with pytest.warns(UserWarning, match=r"model.safetensors is damaged \(its sha256 differs .*\): building "
+                                         r"tiny-llama again"):
+        assert Path(resolve("tiny-llama")) == path
+    assert weights.read_bytes() == original
+
+
+# -- two runs at once: one lock per cache entry ------------------------------------------------------------
+def _slow_json_entry(path: str, counter: str, out: str, barrier) -> None:
+    """A run asking for a JSON entry whose computation takes a second (each computation logged)."""
+    from speechllm_redundancy.cache import cached_json
+
+    def compute():
+        with open(counter, "a") as log:
+            log.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        return {"computed_by": os.getpid()}
+
+    barrier.wait()
+    Path(out).write_text(json.dumps(cached_json(path, compute)))
+
+
+def test_two_processes_asking_for_one_json_entry_compute_it_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")  # the child runs only the cache code: no torch after the fork
+    barrier = ctx.Barrier(2)
+    entry, counter = tmp_path / "cache" / "value.json", tmp_path / "computations.log"
+    got = [tmp_path / f"got{i}" for i in range(2)]
+    runs = [ctx.Process(target=_slow_json_entry, args=(str(entry), str(counter), str(out), barrier))
+            for out in got]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(60)
+        assert run.exitcode == 0
+    assert len(counter.read_text().splitlines()) == 1  # computed once
+    values = [json.loads(out.read_text()) for out in got]
+    assert values[0] == values[1] == json.loads(entry.read_text())
+    assert sorted(p.name for p in entry.parent.iterdir() if not p.name.startswith(".")) == ["value.json"]
+
+
+def test_a_killed_lock_holder_does_not_block_the_next_run(tmp_path):
+    from speechllm_redundancy.cache import entry_lock
+
+    script = textwrap.dedent("""
+        import sys, time
+        from speechllm_redundancy.cache import entry_lock
+        with entry_lock(sys.argv[1]):
+            print("locked", flush=True)
+            time.sleep(120)
+    """)
+    entry = tmp_path / "entry.json"
+    holder = subprocess.Popen([sys.executable, "-c", script, str(entry)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        waited = threading.Event()
+
+        def take():
+            with entry_lock(entry):
+                waited.set()
+
+        taker = threading.Thread(target=take)
+        taker.start()
+        assert not waited.wait(0.5)  # held by the other process
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    taker.join(10)
+    assert waited.is_set()  # the kernel dropped the dead holder's lock
+    assert not entry.exists()  # the lock file is not the entry
+
+
+def test_two_runs_asking_for_one_feature_set_encode_it_once(tmp_path, whisper_dir, monkeypatch):
+    from speechllm_redundancy.features import cached_features
+
+    manifest = write_manifest_dir(tmp_path / "corpus")
+    encoded = []
+    real = SpeechEncoder.encode
+
+    def slow(self, waves):
+        encoded.append(len(waves))
+        time.sleep(0.2)  # the other run starts while this one encodes
+        return real(self, waves)
+
+    monkeypatch.setattr(SpeechEncoder, "encode", slow)
+    # loaded here: two from_pretrained at once in one process race on transformers' global init patches
+    encoder = SpeechEncoder.from_name(whisper_dir)
+    barrier, stores = threading.Barrier(2), [None, None]
+
+    def run(i):
+        barrier.wait()
+        stores[i] = cached_features(encoder, manifest, shard_size=2, batch_size=1, progress=False)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sum(encoded) == 5  # every utterance once
+    assert stores[0].directory == stores[1].directory
+    assert all(torch.equal(stores[0][u], stores[1][u]) for u in stores[0])
+
+
+def test_two_runs_training_into_one_directory_train_it_once(tmp_path, monkeypatch):
+    import speechllm_redundancy.training as training
+
+    cfg = TrainConfig(steps=3, batch_size=4, warmup_steps=1, checkpoint_every=1)
+    data, models = toy_data(), [make(), make()]  # built here: the threads only train
+    saves = []
+    real = training._save_checkpoint
+    monkeypatch.setattr(training, "_save_checkpoint", lambda *a: saves.append(a[3]) or real(*a))
+    barrier, results = threading.Barrier(2), [None, None]
+
+    def run(i):
+        barrier.wait()
+        results[i] = train(models[i], data, cfg, tmp_path / "run", progress=False)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(saves) == 3  # one run trained (a checkpoint per step); the other waited and took its result
+    assert results[0].steps == results[1].steps == {"slam": 3}
+    assert torch.equal(models[0].projector.net[0].weight, models[1].projector.net[0].weight)
+
+
+# -- killed part-way (SIGKILL: no exception handler, no finally) and run again -----------------------------
+TESTS = Path(__file__).resolve().parent
+
+
+def _start(script: str, artifacts: Path, log: Path, *args) -> subprocess.Popen:
+    """Run ``script`` in a fresh interpreter on ``artifacts`` (tests/ importable), stderr to ``log``. The
+    stage is slowed inside the script only, so the kill lands mid-stage without sleeps in the library."""
+    env = {**os.environ, "SPEECHLLM_ARTIFACTS": str(artifacts),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    with open(log, "w") as err:
+        return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+
+def _kill_when(run: subprocess.Popen, ready, what: str, log: Path, timeout: float = 120.0) -> None:
+    """SIGKILL ``run`` as soon as ``ready()`` holds; fail if it ended (or stalled) before that: a kill after
+    the stage finished would prove nothing."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if run.poll() is not None or time.monotonic() > deadline:
+            run.kill()
+            run.wait()
+            pytest.fail(f"no kill: the run ended (rc {run.returncode}) or stalled before {what}:\n"
+                        f"{log.read_text()[-3000:]}")
+        time.sleep(0.02)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait(30)
+    assert run.returncode == -signal.SIGKILL  # killed, not finished
+
+
+def _entries(directory: Path) -> list[str]:
+    """What a reader can look up in a cache directory: everything but the dot-named bookkeeping (records,
+    locks, and the temporaries a killed writer leaves behind)."""
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+
+ENCODE_SLOWLY = """
+    import sys, time
+    from speechllm_redundancy.encoders import SpeechEncoder
+    from speechllm_redundancy.features import cached_features
+
+    real = SpeechEncoder.encode
+    SpeechEncoder.encode = lambda self, waves: time.sleep(0.4) or real(self, waves)
+    cached_features(sys.argv[1], sys.argv[2], shard_size=1, batch_size=1, progress=False)
+"""
+
+
+def test_a_feature_encoding_killed_midway_resumes_at_the_first_missing_shard(tmp_path, whisper_dir,
+                                                                              monkeypatch):
+    from speechllm_redundancy.cache import verify_entry
+    from speechllm_redundancy.features import FeatureStore, cached_features, features_dir
+
+    durations = (0.7, 1.3, 2.2, 0.4, 1.9, 0.9, 1.1, 0.6)
+    manifest = write_manifest_dir(tmp_path / "corpus", durations=durations)
+    out = features_dir(whisper_dir, manifest, "full", 1)  # one utterance per shard: 8 shards
+    log = tmp_path / "killed.log"
+    run = _start(ENCODE_SLOWLY, tmp_path / "artifacts", log, whisper_dir, manifest)
+    _kill_when(run, lambda: (out / "shard-00002.safetensors").exists(), "its third shard", log)
+
+    stored = _entries(out)
+    assert "index.json" not in stored  # the store is not finished, and nothing says it is
+    assert 3 <= len(stored) < len(durations) and all(s.startswith("shard-") for s in stored)
+    assert all(verify_entry(out / s) for s in stored)  # every shard that is there is whole (sealed)
+    with pytest.raises(UserError, match="is not a finished feature cache"):
+        FeatureStore(out)
+
+    encoded = []
+    real = SpeechEncoder.encode
+    monkeypatch.setattr(SpeechEncoder, "encode",
+                        lambda self, waves: encoded.append(len(waves)) or real(self, waves))
+    resumed = cached_features(whisper_dir, manifest, shard_size=1, batch_size=1, progress=False)
+    assert sum(encoded) == len(durations) - len(stored)  # only the shards the kill left missing
+
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "straight"))
+    straight = cached_features(whisper_dir, manifest, shard_size=1, batch_size=1, progress=False)
+    assert straight.directory != resumed.directory and sorted(straight) == sorted(resumed)
+    assert all(torch.equal(resumed[u], straight[u]) for u in straight)
+
+
+TRAIN_SLOWLY = """
+    import json, sys, time
+    import torch
+    from speechllm_redundancy.slam import SlamModel
+    from speechllm_redundancy.training import TrainConfig, train
+    from test_training import make, toy_data
+
+    torch.set_num_threads(2)
+    real = SlamModel.forward
+    SlamModel.forward = lambda self, *a, **k: time.sleep(0.3) or real(self, *a, **k)
+    train(make(dropout=0.1), toy_data(), TrainConfig(**json.loads(sys.argv[2])), sys.argv[1], progress=False)
+"""
+# dropout and SpecAugment masks: a resume must replay each step's random draws, not just its batch
+KILLED_TRAINING = dict(steps=10, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=3, log_every=1,
+                       time_masks=2, time_mask_width=3)
+
+
+def test_a_training_killed_between_checkpoints_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    from speechllm_redundancy.cache import verify_entry
+    from speechllm_redundancy.slam import SlamModel
+
+    cfg = TrainConfig(**KILLED_TRAINING)
+    run_dir, log = tmp_path / "run", tmp_path / "killed.log"
+    run = _start(TRAIN_SLOWLY, tmp_path / "artifacts", log, run_dir, json.dumps(KILLED_TRAINING))
+    _kill_when(run, lambda: (run_dir / "checkpoint").exists(), "its first checkpoint", log)
+
+    assert _entries(run_dir) == ["checkpoint"]  # no result.json, no final/: not a finished run
+    assert verify_entry(run_dir / "checkpoint", hash_limit=None)  # the checkpoint there is whole
+    saved = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=True)["steps"]["slam"]
+    assert saved in (3, 6, 9)
+
+    forwards = []
+    real = SlamModel.forward
+    monkeypatch.setattr(SlamModel, "forward", lambda self, *a, **k: forwards.append(1) or real(self, *a, **k))
+    resumed_model = make(dropout=0.1)
+    resumed = train(resumed_model, toy_data(), cfg, run_dir, progress=False)
+    assert resumed.steps == {"slam": 10} and len(forwards) == 10 - saved  # from the checkpoint, not step 0
+
+    straight_model = make(dropout=0.1)
+    straight = train(straight_model, toy_data(), cfg, tmp_path / "straight", progress=False)
+    # exact on CPU: the same steps replay the same batches, masks and dropout in the same float order
+    for (name, p), (_, q) in zip(straight_model.trainable_parameters().items(),
+                                 resumed_model.trainable_parameters().items(), strict=True):
+        assert torch.equal(p, q), name
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+class ProjectorScore:
+    """A stand-in metric that reads the weights healing changes (and the layers kept): a walk point scored
+    after a resumed heal equals one after a heal that never stopped only if the resume was exact."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls, self.delay = [], delay
+
+    def __call__(self, model, name):
+        from speechllm_redundancy.layers import num_decoder_layers
+
+        self.calls.append(name)
+        time.sleep(self.delay)
+        weight = model.projector.net[0].weight.detach().double()
+        return {"a": 1.0, "b": 2.0}[name] * (num_decoder_layers(model.llm) + float(weight.abs().mean()))
+
+
+HEALING = dict(steps=6, batch_size=8, lr=5e-3, warmup_steps=1, checkpoint_every=2)
+
+WALK_SLOWLY = """
+    import json, sys, time
+    import torch
+    from speechllm_redundancy.slam import SlamModel
+    from speechllm_redundancy.sweep import walk_path
+    from speechllm_redundancy.training import TrainConfig
+    from test_faults import ProjectorScore
+    from test_training import make, toy_data
+
+    torch.set_num_threads(2)
+    real = SlamModel.forward
+    SlamModel.forward = lambda self, *a, **k: time.sleep(0.2) or real(self, *a, **k)
+    walk_path(make(init=0.3), {1: 2, 2: 1}, [1, 2], ["a", "b"], ProjectorScore(delay=0.2), sys.argv[1],
+              strategy="both", heal_data=toy_data(), heal_config=TrainConfig(**json.loads(sys.argv[2])),
+              progress=False)
+"""
+
+
+def test_a_pruning_walk_killed_mid_heal_resumes_the_heal_and_scores_only_the_missing_point(tmp_path,
+                                                                                           monkeypatch):
+    from speechllm_redundancy.slam import SlamModel
+    from speechllm_redundancy.sweep import walk_path
+
+    walk, log = tmp_path / "walk", tmp_path / "killed.log"
+    run = _start(WALK_SLOWLY, tmp_path / "artifacts", log, walk, json.dumps(HEALING))
+    _kill_when(run, lambda: any(walk.glob("point-n1-*.json")) and any(walk.glob("heal-n2-*/checkpoint")),
+               "healing n = 2 had a checkpoint", log)
+
+    points = [p for p in _entries(walk) if p.startswith("point-")]
+    assert [p.split("-")[1] for p in points] == ["n0", "n1"]  # n = 2 is not scored: no file claims it is
+    heal_dir = next(walk.glob("heal-n2-*"))
+    assert _entries(heal_dir) == ["checkpoint"]  # the heal is unfinished and says so
+    saved = torch.load(heal_dir / "checkpoint" / "state.pt", weights_only=True)["steps"]["slam"]
+    assert saved in (2, 4)
+
+    forwards, score = [], ProjectorScore()
+    real = SlamModel.forward
+    monkeypatch.setattr(SlamModel, "forward", lambda self, *a, **k: forwards.append(1) or real(self, *a, **k))
+    resumed = walk_path(make(init=0.3), {1: 2, 2: 1}, [1, 2], ["a", "b"], score, walk, strategy="both",
+                        heal_data=toy_data(), heal_config=TrainConfig(**HEALING), progress=False)
+    assert score.calls == ["a", "b"]  # n = 2 only: n = 0 and 1 are the points stored before the kill
+    assert len(forwards) == HEALING["steps"] - saved  # the heal went on from its checkpoint
+
+    straight = walk_path(make(init=0.3), {1: 2, 2: 1}, [1, 2], ["a", "b"], ProjectorScore(),
+                         tmp_path / "straight", strategy="both", heal_data=toy_data(),
+                         heal_config=TrainConfig(**HEALING), progress=False)
+    pd_testing.assert_frame_equal(resumed, straight)  # exact: scores of the same weights
+
+
+TOY_CHAPTER = """# %% [markdown]
+# # A chapter that computes cached points, then records them
+
+# %% tags=["parameters"]
+corpus = {}
+points = 5
+delay = 0.6
+
+# %%
+import time
+
+from speechllm_redundancy import results
+from speechllm_redundancy.cache import cached_json
+from speechllm_redundancy.paths import artifact_path
+
+
+def point(i):
+    def compute():
+        with open(artifact_path("computed.log"), "a") as log:
+            log.write(f"{i}\\n")
+        time.sleep(delay)
+        return {"score": round(10 + i * i / 3, 6)}
+
+    return cached_json(artifact_path("points", f"point-{i}.json"), compute)
+
+
+scores = {f"set{i}": point(i)["score"] for i in range(points)}
+print(scores)
+
+# %%
+results.record_baseline("toy", "frozen decoder", "asr", scores)
+"""
+
+BOOK_RUN = """
+    import sys
+    from pathlib import Path
+    from speechllm_redundancy import book
+    from speechllm_redundancy.cli import main
+
+    book.NOTEBOOKS_DIR = Path(sys.argv[1])
+    sys.exit(main(["book", "run", "--profile", sys.argv[2]]))
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _executed(profile, stem) -> tuple[list, dict]:
+    """What a chapter's run showed and recorded, less what differs from run to run (timings, ids)."""
+    nb = json.loads(book.executed_path(profile, stem).read_text())
+    outputs = [c["outputs"] for c in nb["cells"] if c["cell_type"] == "code"]
+    fragment = json.loads(book.fragment_path(profile, stem).read_text())
+    return outputs, {k: v for k, v in fragment.items() if k != "minutes"}
+
+
+def test_a_chapter_run_killed_midway_leaves_no_executed_chapter_and_reruns_to_the_same_outputs(tmp_path,
+                                                                                               monkeypatch):
+    """`book run` on a toy chapter (five cached points, then a recorded result): papermill, its kernel, the
+    atomic executed notebook and results fragment are what a real chapter runs through; a smoke chapter
+    (a minute or more each time on this CPU) would add only the stages the tests above kill."""
+    if sys.platform != "linux":
+        pytest.skip("finds the kernel through /proc")
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "01_toy.py").write_text(TOY_CHAPTER)
+    monkeypatch.setattr(book, "NOTEBOOKS_DIR", notebooks)
+    profile = book.load_profile(write_profile(tmp_path, chapters={}, common={"points": 5, "delay": 0.6}))
+    book.ensure_kernel()  # installed here, not raced for by the run
+    artifacts, log = tmp_path / "artifacts", tmp_path / "killed.log"
+    run = _start(BOOK_RUN, artifacts, log, notebooks, profile.path)
+    kernels = []
+
+    def mid_chapter():
+        kernels[:] = _children(run.pid) or kernels
+        return (artifacts / "points" / "point-1.json").exists()
+
+    _kill_when(run, mid_chapter, "its kernel stored two points", log)
+    assert kernels  # the kernel ran as a child of the killed `book run`
+    deadline = time.monotonic() + 20
+    while any(map(_alive, kernels)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, kernels))  # orphaned, it noticed and exited: it writes nothing more
+
+    out = book.executed_path(profile, "01_toy")
+    assert not out.exists() and not book.fragment_path(profile, "01_toy").exists()
+    assert _entries(out.parent) == []  # only the dot-named temporaries of the killed writers
+    assert not book.is_fresh(profile, "01_toy")
+    stored = _entries(artifacts / "points")
+    assert 2 <= len(stored) < 5
+    computed = (artifacts / "computed.log").read_text().split()
+
+    book.run_chapters(profile)
+    recomputed = (artifacts / "computed.log").read_text().split()[len(computed):]
+    assert sorted(recomputed) == sorted({str(i) for i in range(5)} - {p[6:-5] for p in stored})
+    resumed = _executed(profile, "01_toy")
+
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "straight"))
+    book.run_chapters(profile)
+    assert resumed == _executed(profile, "01_toy")

@@ -111,6 +111,7 @@ def test_text_angles_are_cached():
     saved = list((artifacts_dir() / "angles").glob("text-*.json"))
     assert len(saved) == 1
     saved[0].write_text(saved[0].read_text().replace('"count": 2', '"count": 7'))
+    saved[0].with_name(f".{saved[0].name}.sha256.json").unlink()  # as stored before checksum records
     assert text_angles("tiny-qwen2", ["one two three", "four five"], progress=False).count == 7  # read back
     with pytest.raises(UserError, match="no sentences"):
         text_angles("tiny-qwen2", [])

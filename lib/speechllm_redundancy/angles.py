@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from speechllm_redundancy.cache import atomic_path, atomic_write_json
+from speechllm_redundancy.cache import atomic_path, atomic_write_json, cached_json
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.layers import decoder_stack
 
@@ -111,18 +111,23 @@ class AngleMatrix:
             raise UserError(f"no angle table at {path}: write one with `angles … --output {path}`.")
         return cls.from_frame(pd.read_csv(path))
 
-    def save(self, path: str | Path) -> Path:
-        """Full-fidelity JSON (distances, count, block influence), for caching."""
+    def to_json(self) -> dict:
+        """Full-fidelity JSON value (distances, count, block influence), for caching."""
         def clean(a):  # JSON has no NaN
             return [[None if math.isnan(v) else v for v in row] for row in np.atleast_2d(a)]
 
         bi = None if self.block_influence is None else clean(self.block_influence)[0]
-        return atomic_write_json(path, {"distances": clean(self.distances), "count": self.count,
-                                        "block_influence": bi})
+        return {"distances": clean(self.distances), "count": self.count, "block_influence": bi}
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> AngleMatrix:
-        blob = json.loads(Path(path).read_text())
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_json(cls, blob: dict) -> AngleMatrix:
         distances = np.array([[np.nan if v is None else v for v in row] for row in blob["distances"]])
         return cls(distances, count=blob.get("count"), block_influence=blob.get("block_influence"))
 
@@ -131,13 +136,16 @@ def cached_angles(path: str | Path, compute: Callable[[], AngleMatrix]) -> Angle
     """The AngleMatrix saved at ``path``, or ``compute()`` saved there (atomically) when absent.
 
     Name ``path`` by a key of the inputs (``cache.key_of(model, data, …)``) so a changed input misses.
+    Stored through ``cache.cached_json``: sealed, recomputed when damaged, computed once by concurrent runs.
     """
-    path = Path(path)
-    if path.exists():
-        return AngleMatrix.load(path)
-    result = compute()
-    result.save(path)
-    return result
+    computed: list[AngleMatrix] = []
+
+    def fresh() -> dict:
+        computed.append(compute())
+        return computed[0].to_json()
+
+    blob = cached_json(path, fresh)
+    return computed[0] if computed else AngleMatrix.from_json(blob)
 
 
 def optimal_path(distances: np.ndarray) -> dict[int, int]:

@@ -7,6 +7,11 @@ hashes the encoder's weights, the Whisper window mode and the manifest's bytes, 
 different encoder never hits a stale entry. Shards are written atomically, so an interrupted encoding
 resumes at the first missing shard, and a run that needs only the first N utterances (``limit``) encodes
 only their shards — a later run that needs more extends the same cache.
+
+Shards and index are sealed (``cache.atomic_path(seal=True)``: size and sha256 beside each): a truncated or
+altered one is warned about, naming the file, and encoded again; shards from before the records are read
+unverified. Each feature set is encoded under its own lock (``.<dir>.lock`` beside it), so two runs needing
+the same features encode them once.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Iterator
 
 import torch
 
-from speechllm_redundancy.cache import atomic_path, atomic_write_json, file_sha256, key_of
+from speechllm_redundancy.cache import (MISSING, atomic_path, atomic_write_json, entry_lock, file_sha256,
+                                        key_of, load_json_entry, read_verified, usable_entry)
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import artifact_path, artifacts_dir
 
@@ -75,7 +81,8 @@ def features_dir(encoder_name: str, manifest_path: str | os.PathLike, whisper_wi
 class FeatureStore(Mapping):
     """Read-only mapping utterance id → fp16 Tensor (T, D) over the encoded shards of a cache directory.
 
-    Shards are loaded on first access to one of their ids and then kept in memory.
+    Shards are loaded on first access to one of their ids, checked against their records, and then kept in
+    memory (``cached_features`` checked them too; this catches damage done since).
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -83,7 +90,7 @@ class FeatureStore(Mapping):
         index_path = self.directory / "index.json"
         if not index_path.exists():
             raise UserError(f"{self.directory} is not a finished feature cache: run cached_features() again.")
-        self.index = json.loads(index_path.read_text())
+        self.index = json.loads(read_verified(index_path, fix=_REENCODE))
         self._shard_of: dict[str, int] = {u: s for s, ids in enumerate(self.index["shards"]) for u in ids}
         self._loaded: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -94,9 +101,9 @@ class FeatureStore(Mapping):
     def __getitem__(self, utt_id: str) -> torch.Tensor:
         shard = self._shard_of[utt_id]
         if shard not in self._loaded:
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            self._loaded[shard] = load_file(str(self.directory / _shard_name(shard)))
+            self._loaded[shard] = load(read_verified(self.directory / _shard_name(shard), fix=_REENCODE))
         return self._loaded[shard][utt_id]
 
     def __iter__(self) -> Iterator[str]:
@@ -106,8 +113,24 @@ class FeatureStore(Mapping):
         return len(self._shard_of)
 
 
+_REENCODE = "run cached_features() again: it encodes a damaged shard again"
+
+
 def _shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
+
+
+def _finished_store(out: Path, limit: int | None, repair: bool = False) -> FeatureStore | None:
+    """The store at ``out`` if its index covers the request and every shard it lists is intact; None
+    otherwise (with ``repair``, under the lock: damaged files are warned about and deleted)."""
+    index = load_json_entry(out / "index.json", repair=repair)
+    if index is MISSING:
+        return None
+    if not (index.get("complete", True) or (limit is not None and sum(map(len, index["shards"])) >= limit)):
+        return None
+    if not all([usable_entry(out / _shard_name(s), repair=repair) for s in range(len(index["shards"]))]):
+        return None
+    return FeatureStore(out)
 
 
 def cached_features(
@@ -119,32 +142,40 @@ def cached_features(
 
     ``limit``: only the first ``limit`` utterances are needed (their whole shards are encoded; the store may
     hold a few more). ``None`` encodes the whole manifest."""
-    from tqdm.auto import tqdm
-
-    from speechllm_redundancy.data.manifest import read_manifest, validate_manifest
-
-    try:
-        from speechllm_redundancy.data.manifest import load_audio
-    except ImportError:  # the data package keeps it in audio.py
-        from speechllm_redundancy.data.audio import load_audio
-    from speechllm_redundancy.encoders import WHISPER_MAX_SECONDS, SpeechEncoder
-
     if limit is not None and limit < 1:
         raise UserError(f"limit={limit}: pass a positive number of utterances, or None for the whole manifest.")
     name = encoder if isinstance(encoder, str) else encoder.name
     if not isinstance(encoder, str):
         whisper_window = encoder.whisper_window
     out = features_dir(name, manifest_path, whisper_window, shard_size)
-    index_path = out / "index.json"
-    if index_path.exists():
-        index = json.loads(index_path.read_text())
-        if index.get("complete", True) or (limit is not None and sum(map(len, index["shards"])) >= limit):
-            return FeatureStore(out)
+    if (store := _finished_store(out, limit)) is not None:
+        return store
+    from speechllm_redundancy.data.manifest import validate_manifest
+    from speechllm_redundancy.encoders import WHISPER_MAX_SECONDS, SpeechEncoder
 
     if isinstance(encoder, str):
         encoder = SpeechEncoder.from_name(encoder, whisper_window=whisper_window)
-    # every row, before the first shard: a bad one (missing, empty, too long …) must not surface minutes in
+    # every row, before the first shard (and before the lock file): a bad one (missing, empty, too long …)
+    # must not surface minutes in
     validate_manifest(manifest_path, max_seconds=WHISPER_MAX_SECONDS if encoder.kind == "whisper" else None)
+    with entry_lock(out):  # one encoder per feature set; a second run waits, then finds it done
+        if (store := _finished_store(out, limit, repair=True)) is not None:
+            return store
+        return _encode(encoder, name, manifest_path, out, limit, shard_size, batch_size, progress)
+
+
+def _encode(encoder, name, manifest_path, out: Path, limit, shard_size, batch_size, progress) -> FeatureStore:
+    """Encode the missing (or damaged) shards the request needs, then write the index (lock held)."""
+    from tqdm.auto import tqdm
+
+    from speechllm_redundancy.data.manifest import read_manifest
+
+    try:
+        from speechllm_redundancy.data.manifest import load_audio
+    except ImportError:  # the data package keeps it in audio.py
+        from speechllm_redundancy.data.audio import load_audio
+
+    index_path = out / "index.json"
     utts = read_manifest(manifest_path)
     shards = [utts[i : i + shard_size] for i in range(0, len(utts), shard_size)]
     needed = shards if limit is None else shards[: math.ceil(min(limit, len(utts)) / shard_size)]
@@ -152,13 +183,13 @@ def cached_features(
     bar = tqdm(total=sum(map(len, needed)), desc=f"encode {Path(manifest_path).stem} ({name})", unit="utt",
                disable=not progress)
     for s, shard in enumerate(needed):
-        if (out / _shard_name(s)).exists():
+        if usable_entry(out / _shard_name(s), repair=True):
             bar.update(len(shard))
             continue
         tensors = _encode_shard(encoder, shard, load_audio, batch_size, bar)
         from safetensors.torch import save_file
 
-        with atomic_path(out / _shard_name(s)) as tmp:
+        with atomic_path(out / _shard_name(s), seal=True) as tmp:
             save_file(tensors, str(tmp))
     bar.close()
     atomic_write_json(index_path, {
@@ -166,7 +197,7 @@ def cached_features(
         "frame_rate": encoder.frame_rate, "dim": encoder.dim, "manifest": str(Path(manifest_path).resolve()),
         "shards": [[u.id for u in shard] for shard in needed], "complete": len(needed) == len(shards),
         "format": FORMAT_VERSION,
-    })
+    }, seal=True)
     return FeatureStore(out)
 
 

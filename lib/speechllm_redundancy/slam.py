@@ -478,8 +478,9 @@ class SlamModel(nn.Module):
     # -- persistence --------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         """Write slam.json (config, LLM/encoder names + weight hashes, peft configs), projector.safetensors
-        and, with adapters, adapters.safetensors. Written atomically; an existing directory is replaced only
-        if it is itself a saved SLAM model."""
+        and, with adapters, adapters.safetensors. Written atomically and sealed (checksums.json: each file's
+        size and sha256, checked on load); an existing directory is replaced only if it is itself a saved
+        SLAM model."""
         from safetensors.torch import save_file
 
         from speechllm_redundancy.cache import atomic_path
@@ -502,7 +503,7 @@ class SlamModel(nn.Module):
                 meta["peft"][name] = json.loads(json.dumps(cfg.to_dict(), default=list))
                 for k, v in get_peft_model_state_dict(self.llm, adapter_name=name).items():
                     adapters[f"{name}::{k}"] = v.detach().cpu().contiguous()
-        with atomic_path(directory) as tmp:
+        with atomic_path(directory, seal=True) as tmp:
             tmp.mkdir()
             (tmp / "slam.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             proj = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
@@ -516,11 +517,12 @@ class SlamModel(nn.Module):
 
     def load_weights(self, directory: str | os.PathLike, adapters: bool = True) -> None:
         """Load a saved projector, CTC head and (with ``adapters``) adapter weights into this model (its
-        adapters must already exist)."""
+        adapters must already exist). A file that differs from what ``save`` recorded is refused, named."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         directory = Path(directory)
+        _verify_saved(directory)
         meta = json.loads((directory / "slam.json").read_text())
         self.projector.load_state_dict(load_file(str(directory / "projector.safetensors")))
         if (directory / "ctc.safetensors").exists():
@@ -550,6 +552,7 @@ class SlamModel(nn.Module):
         meta_path = directory / "slam.json"
         if not meta_path.exists():
             raise UserError(f"{directory} has no slam.json: pass a directory written by SlamModel.save / slam train.")
+        _verify_saved(directory)
         meta = json.loads(meta_path.read_text())
         config = SlamConfig(**{"prompts": LEGACY_PROMPTS, **meta["config"], "lora": None})
         model = cls(config, llm, tokenizer)
@@ -568,6 +571,15 @@ class SlamModel(nn.Module):
         if device:
             model.to(device)
         return model
+
+
+def _verify_saved(directory: Path) -> None:
+    """A saved model's files against the sizes and sha256 ``save`` recorded (small files: always hashed).
+    Models saved before records existed load unverified."""
+    from speechllm_redundancy.cache import verify_entry
+
+    verify_entry(directory, hash_limit=None, fix=f"delete {directory} and save the model again (a training "
+                 "run's final model: delete the run's directory to train it again)")
 
 
 def _safe_fingerprint(name: str) -> str | None:

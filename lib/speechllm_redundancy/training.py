@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechllm_redundancy.cache import atomic_path, atomic_write_json, key_of
+from speechllm_redundancy.cache import (atomic_path, atomic_write_json, entry_lock, key_of, read_verified,
+                                        verify_entry)
 from speechllm_redundancy.errors import UserError
 
 # fields that change how a run is logged or paced, not what it computes
@@ -247,19 +248,47 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
     An unfinished one with a checkpoint resumes. ``evaluate(model) -> dict`` runs every ``eval_every``
     steps and at the end; its time is not counted as training time. ``stop_after`` (testing) stops the
     process after that many steps in total, as an interruption would.
+
+    result.json, the final model and the checkpoint are sealed (``cache``: size + sha256 recorded at write
+    time); a damaged one is refused with a ``UserError`` naming the file (retraining is not a silent cost).
+    A second run on the same ``out_dir`` waits for the first (``cache.entry_lock``), then takes its result.
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    run_key = key_of(cfg.key(), data.fingerprint)
-    result_path = out_dir / "result.json"
     device_cpu = not torch.cuda.is_available()
     accelerator = Accelerator(cpu=device_cpu, mixed_precision=resolve_mixed_precision(
         cfg.mixed_precision, "cpu" if device_cpu else "cuda"))
+    # Under `accelerate launch` only the main process takes the lock (the processes of one run must not
+    # exclude each other); the others wait at the barrier, so all decide (hit, resume, fresh) on one state.
+    with entry_lock(out_dir) if accelerator.is_main_process else contextlib.nullcontext():
+        accelerator.wait_for_everyone()
+        return _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progress, stop_after,
+                      evaluate_ctc)
+
+
+def _finished_run(out_dir: Path) -> dict:
+    """result.json of a finished run, it and the final model checked against their records."""
+    fix = f"delete {out_dir} to train it again"
+    result_path = out_dir / "result.json"
+    try:
+        saved = json.loads(read_verified(result_path, fix=fix))
+    except ValueError as err:  # written before records existed, and damaged since
+        raise UserError(f"{result_path} is damaged (not JSON: {err}): {fix}.") from None
+    if (out_dir / "final").exists():
+        verify_entry(out_dir / "final", fix=fix, hash_limit=None)
+    return saved
+
+
+def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progress, stop_after,
+           evaluate_ctc) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    run_key = key_of(cfg.key(), data.fingerprint)
+    result_path = out_dir / "result.json"
     model.to(accelerator.device)  # a cache hit lands where a fresh run would
     if result_path.exists():
-        saved = json.loads(result_path.read_text())
+        saved = _finished_run(out_dir)
         if saved.get("run_key") != run_key:
             raise UserError(f"{out_dir} holds a finished run with other settings or data: choose another output "
                             "directory (or delete that one to retrain).")
@@ -391,7 +420,7 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save(out_dir / "final") if hasattr(model, "save") else None
         atomic_write_json(result_path, {"run_key": run_key, "history": history, "minutes": elapsed / 60,
-                                        "steps": steps_done, "config": asdict(cfg)})
+                                        "steps": steps_done, "config": asdict(cfg)}, seal=True)
     accelerator.wait_for_everyone()
     return TrainResult(out_dir, history, elapsed / 60, steps_done)
 
@@ -433,7 +462,7 @@ def _save_checkpoint(accelerator, ckpt_dir, run_key, phase, model, optimizer, sc
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "history": _plain(history), "elapsed": float(elapsed), "steps": _plain(steps_done),
     }
-    with atomic_path(ckpt_dir) as tmp:
+    with atomic_path(ckpt_dir, seal=True) as tmp:
         tmp.mkdir()
         torch.save(state, tmp / "state.pt")
 
@@ -446,9 +475,11 @@ def _plain(value):
 
 
 def _load_checkpoint(ckpt_dir: Path, run_key: str) -> dict:
-    """The checkpoint's state, unpickled with ``weights_only=True``: tensors and plain containers only, so
-    a file planted or altered in the artifacts folder cannot run code."""
+    """The checkpoint's state, checked against the size and sha256 recorded when it was written (a
+    checkpoint from before records is unverified), then unpickled with ``weights_only=True``: tensors and
+    plain containers only, so a file planted or altered in the artifacts folder cannot run code."""
     path = ckpt_dir / "state.pt"
+    verify_entry(ckpt_dir, fix=f"delete {ckpt_dir} to restart the run from step 0", hash_limit=None)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:

@@ -8,13 +8,14 @@
 - a hub id ("org/name"): passed through to transformers, unless the hub is known to be out of reach.
 
 Builds happen in a temporary directory renamed into place at the end (`cache.atomic_path`), under a
-per-model file lock, and the marker inside records what the directory was built from: a build killed
-halfway leaves nothing that later passes as complete.
+per-model file lock (`cache.entry_lock`), and the marker inside records what the directory was built from:
+a build killed halfway leaves nothing that later passes as complete. The directory is sealed (its files'
+sizes and sha256 in checksums.json): a truncated or altered file is warned about, naming it, and the model
+is built again; directories built before the records load unverified.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from speechllm_redundancy.cache import atomic_path
+from speechllm_redundancy.cache import DamagedEntry, atomic_path, entry_lock, verify_entry, warn_damaged
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import artifacts_dir
 from speechllm_redundancy.zoo.registry import MODELS, PackagedModel, TinyModel
@@ -92,27 +93,40 @@ def reference_kind(name_or_path: str | os.PathLike) -> str:
 
 
 def cached_path(name: str) -> Path | None:
-    """The built directory of a registry name if it is complete and current, else None (builds nothing)."""
-    spec = MODELS[name]
+    """The built directory of a registry name if it is complete, current and intact, else None (builds
+    nothing)."""
+    return _built(MODELS[name])
+
+
+def _built(spec: PackagedModel | TinyModel, repair: bool = False) -> Path | None:
+    """``cached_path``; with ``repair`` (the model's lock held) a damaged build is also warned about."""
     target = models_root() / spec.name
     try:
         marker = json.loads((target / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    return target if marker.get("key") == spec.key() else None
+    if marker.get("key") != spec.key():
+        return None  # stale: built from other pins
+    try:
+        verify_entry(target)  # sizes always; sha256 of all but the weights, which only when touched since
+    except DamagedEntry as err:
+        if repair:
+            warn_damaged(err, f"building {spec.name} again")
+        return None
+    return target
 
 
 def ensure_built(spec: PackagedModel | TinyModel) -> Path:
-    """Return ``artifacts/models/<name>``, building it first if it is absent, partial or stale."""
-    if (hit := cached_path(spec.name)) is not None:
+    """Return ``artifacts/models/<name>``, building it first if it is absent, partial, stale or damaged."""
+    if (hit := _built(spec)) is not None:
         return hit
     target = models_root() / spec.name
-    with _lock(spec.name):
-        if (hit := cached_path(spec.name)) is not None:  # another process built it meanwhile
+    with entry_lock(target):  # one builder per model across processes; a second caller finds it built
+        if (hit := _built(spec, repair=True)) is not None:
             return hit
         _remove_leftovers(spec.name)
         start = time.perf_counter()
-        with atomic_path(target) as tmp:
+        with atomic_path(target, seal=True) as tmp:
             timings = _build(spec, tmp)
             _make_readable(tmp)
             timings["total_s"] = round(time.perf_counter() - start, 1)
@@ -259,22 +273,6 @@ def _open_wheel(path: Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
         raise UserError(f"{path} is not a readable wheel ({err}); delete it and retry.") from err
-
-
-@contextlib.contextmanager
-def _lock(name: str):
-    """One builder per model at a time, across processes (a second caller waits, then finds it built)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: builds stay atomic, only concurrent duplicates are possible
-        yield
-        return
-    with open(models_root() / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _remove_leftovers(name: str) -> None:
