@@ -156,7 +156,7 @@ def cached_features(
     if isinstance(encoder, str):
         encoder = SpeechEncoder.from_name(encoder, whisper_window=whisper_window)
     # every row, before the first shard (and before the lock file): a bad one (missing, empty, too long …)
-    # must not surface minutes in
+    # must fail at once, not minutes into the encoding
     validate_manifest(manifest_path, max_seconds=WHISPER_MAX_SECONDS if encoder.kind == "whisper" else None)
     with entry_lock(out):  # one encoder per feature set; a second run waits, then finds it done
         if (store := _finished_store(out, limit, repair=True)) is not None:
