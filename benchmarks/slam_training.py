@@ -5,15 +5,18 @@ Each variant trains through the cache (`training.train_slam`), starting from one
 (`training.ctc_warm_start`), so a rerun prints the stored curves at once and an interrupted one resumes.
 Evaluation time is not counted as training time; minutes include the shared warm start.
 
-    python benchmarks/slam_training.py                                  # SmolLM2-135M: frozen-read and lora-fixed
-    python benchmarks/slam_training.py --llm qwen2.5-coder-0.5b --variants frozen-read
+    python benchmarks/slam_training.py                                  # SmolLM2-135M: the cpu recipe's two models
+    python benchmarks/slam_training.py --llm qwen2.5-coder-0.5b --variants frozen-recognised
     python benchmarks/slam_training.py --variants frozen frozen-mean lora-fixed --ctc-steps 900 --steps 200
     python benchmarks/slam_training.py --task ast-fr-en --llm qwen2.5-coder-0.5b --train fr-en-train \\
         --eval fr-en-test --final-sets fr-en-test
 
-Variants (the cpu recipe's models are `frozen-read` and `lora-fixed`; the others are what was tried beside them):
-  frozen-read  p·E input (T=1), no training after the warm start
+Variants (the cpu recipe's models are `frozen-recognised` and `lora-fixed`; the others are what was tried beside them):
+  frozen-read  p·E input (T=1), no training after the warm start (the previous cpu recipe's frozen model)
   frozen-hard  the LLM reads the embeddings of the CTC labels, no training after the warm start
+  frozen-prompt       p·E input, 8 trained soft-prompt vectors before the speech (prompt tuning), all else fixed
+  frozen-recognised   the cpu recipe's frozen model: the CTC labels' embeddings in the RECOGNISED_COPY layout,
+                      8 trained soft-prompt vectors (prompt tuning), all else fixed
   frozen       p·E input, projector trained further with next-token + CTC loss, decoder frozen
   frozen-mean  the mean projected frame per CTC segment, projector trained (the previous cpu recipe)
   frozen-noaux p·E input, projector trained with the next-token loss only
@@ -29,6 +32,15 @@ import json
 from dataclasses import replace
 
 import torch
+
+def _variants() -> dict:
+    from speechllm_redundancy.training import RECIPES
+
+    cpu = RECIPES["cpu"]
+    return {**VARIANTS,
+            "frozen-prompt": ({"ctc_embed": "soft", **cpu["prompt_tuning"]}, cpu["frozen_train"]),
+            "frozen-recognised": ({**cpu["frozen_slam"], **cpu["prompt_tuning"]}, cpu["frozen_train"])}
+
 
 VARIANTS = {
     "frozen": ({"ctc_embed": "soft"}, {"ctc_weight": 1.0}),
@@ -61,7 +73,8 @@ def main() -> None:
     ap.add_argument("--eval", default="test-clean", help="split scored during training")
     ap.add_argument("--warm-start", help="split the CTC warm start spells (default: --train)")
     ap.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
-    ap.add_argument("--variants", nargs="*", default=["frozen-read", "lora-fixed"], choices=list(VARIANTS))
+    variants = _variants()
+    ap.add_argument("--variants", nargs="*", default=["frozen-recognised", "lora-fixed"], choices=list(variants))
     ap.add_argument("--ctc-steps", type=int, default=900)
     ap.add_argument("--steps", type=int, default=200, help="next-token steps after the warm start")
     ap.add_argument("--final-sets", nargs="*", default=["test-clean", "test-other", "dev-ood"],
@@ -96,7 +109,7 @@ def main() -> None:
         ctc_alone = score("asr", [u.text for u in eval_utts], ctc_hyps)[1]
     del base
     for name in args.variants:
-        slam_over, train_over = VARIANTS[name]
+        slam_over, train_over = variants[name]
         cfg = replace(SlamConfig(encoder=args.encoder, llm=args.llm, whisper_window=args.whisper_window,
                                  ctc_compress=True),
                       **slam_over)
@@ -116,7 +129,7 @@ def main() -> None:
 
     metric = "WER %" if args.task == "asr" else "BLEU"
     print(json.dumps({"llm": args.llm, "task": args.task, "ctc_steps": args.ctc_steps, "overrides": overrides,
-                      "variants": {v: {"slam": VARIANTS[v][0], "train": {"steps": args.steps, **VARIANTS[v][1]}}
+                      "variants": {v: {"slam": variants[v][0], "train": {"steps": args.steps, **variants[v][1]}}
                                    for v in args.variants}}))
     print(f"\n{args.llm} · {args.task} · {metric} on the first {len(eval_utts)} utterances of {args.eval}")
     print(f"gold-input ceiling (the transcript/source as text, same layout): {ceiling['score']:.1f}")

@@ -46,6 +46,21 @@ def test_strategies_unfreeze_what_they_name(strategy, projector, lora):
     assert any("lora_" in n for n in names) == lora
 
 
+def test_projector_strategies_heal_a_soft_prompt_too():
+    """A trained soft prompt is input-side, like the projector: healed with it, never by ``decoder``."""
+    from test_training import D
+    from slam_tiny import tiny_llm
+    from speechllm_redundancy.slam import SlamConfig, SlamModel
+
+    llm, tok = tiny_llm(init=0.3)
+    slam = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, k=1, projector_hidden=64,
+                                prompt_vectors=2), llm, tok)
+    for strategy, expected in (("projector", True), ("both", True), ("decoder", False), ("none", False)):
+        pruned = prune_slam(slam, 1, 1)
+        prepare_healing(pruned, strategy, 1)
+        assert ("soft_prompt" in trainable(pruned)) == expected, strategy
+
+
 def test_bad_strategy_and_layer_are_user_errors():
     pruned = prune_slam(make(init=0.3), 1, 1)
     with pytest.raises(UserError, match="strategy"):

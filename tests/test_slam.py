@@ -386,15 +386,28 @@ def test_embed_batch_reads_the_configured_ctc_embedding():
     assert not torch.allclose(a, b)
 
 
-def test_soft_ctc_embedding_passes_gradients_to_the_projector():
+def test_every_ctc_embedding_passes_gradients_to_the_projector():
+    """soft and mean are differentiable; hard reads the labels' embeddings exactly but passes soft's
+    gradient straight through (a label alone does not depend on the projector's output)."""
     f, t = feats(40, 23), ["hello", "world"]
-    for embed in ("soft", "mean"):
+    grads = {}
+    for embed in ("soft", "mean", "hard"):
         model = ctc_model(embed)
         model(f, "asr", t)["loss"].backward()
-        grads = [p.grad for p in model.projector.parameters()]
-        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), embed
-    model = ctc_model("hard")  # a label's embedding does not depend on the projector's output
-    assert not model(f, "asr", t)["loss"].requires_grad
+        grads[embed] = [p.grad for p in model.projector.parameters()]
+        assert all(g is not None for g in grads[embed]) and any(g.abs().sum() > 0 for g in grads[embed]), embed
+    model = ctc_model("hard")
+    speech = model.projector(f)
+    table = model.llm.get_input_embeddings().weight
+    hard, = model.ctc.compress(speech[:1], table, "hard")
+    soft, = model.ctc.compress(speech[:1], table, "soft")
+    labels = model.ctc.labels(speech[0], table)
+    runs = runs_of_labels(labels.tolist(), model.ctc.blank_id)
+    assert len(runs) > 1 and torch.equal(hard, table[model.ctc.vocab[torch.tensor(runs)]])
+    weights = torch.randn_like(hard)
+    g_hard, = torch.autograd.grad((hard * weights).sum(), speech[0])
+    g_soft, = torch.autograd.grad((soft * weights).sum(), speech[0])
+    torch.testing.assert_close(g_hard, g_soft)
 
 
 def test_ctc_embedding_settings_survive_save_and_load(tmp_path):
@@ -407,3 +420,44 @@ def test_ctc_embedding_settings_survive_save_and_load(tmp_path):
     torch.testing.assert_close(loaded.embed_batch(f, "asr")["inputs_embeds"],
                                model.embed_batch(f, "asr")["inputs_embeds"])
     assert loaded.generate(f, max_new_tokens=6) == model.generate(f, max_new_tokens=6)
+
+
+def test_soft_prompt_sits_before_the_speech_and_is_not_counted_as_speech():
+    """prompt_vectors: trainable vectors in the speech slot, ahead of the speech; they start at the
+    embeddings of prompt_init's tokens (cycled) and do not count towards the output cap's speech length."""
+    f = feats(12, 31)
+    plain, tuned = make(), make(prompt_vectors=5, prompt_init="ab")
+    table = tuned.llm.get_input_embeddings().weight
+    ids = tuned.tokenizer("ab", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 2
+    torch.testing.assert_close(tuned.soft_prompt.data, table[[ids[i % 2] for i in range(5)]])
+    assert "soft_prompt" in tuned.trainable_parameters() and "soft_prompt" not in plain.trainable_parameters()
+    a, b = plain.embed_batch(f, "asr"), tuned.embed_batch(f, "asr")
+    assert a["speech_lengths"] == b["speech_lengths"] == [3, 7]
+    before = len(plain.layout.pieces("asr")[0])
+    for i, n in enumerate(a["speech_lengths"]):
+        torch.testing.assert_close(b["inputs_embeds"][i, :before], a["inputs_embeds"][i, :before])
+        torch.testing.assert_close(b["inputs_embeds"][i, before : before + 5], tuned.soft_prompt.data)
+        end = int(a["attention_mask"][i].sum())
+        torch.testing.assert_close(b["inputs_embeds"][i, before + 5 : end + 5], a["inputs_embeds"][i, before:end])
+    loss = tuned(f, "asr", ["hi", "there"])["loss"]
+    loss.backward()
+    assert tuned.soft_prompt.grad is not None and tuned.soft_prompt.grad.abs().sum() > 0
+
+
+def test_soft_prompt_survives_save_and_load_and_bad_settings_are_user_errors(tmp_path):
+    llm_dir = save_tiny_llm(tmp_path / "llm")
+    model = make(llm_name=llm_dir, prompt_vectors=3)
+    with torch.no_grad():
+        model.soft_prompt.normal_(0, 1.0)  # a trained prompt, not its start
+    f = feats(12, 31, 7)
+    model.save(tmp_path / "saved")
+    loaded = SlamModel.load(tmp_path / "saved")
+    assert torch.equal(loaded.soft_prompt, model.soft_prompt)
+    assert loaded.generate(f, max_new_tokens=8) == model.generate(f, max_new_tokens=8)
+    with pytest.raises(UserError, match="soft prompt"):  # weights of a model with a soft prompt into one without
+        make(llm_name=llm_dir).load_weights(tmp_path / "saved")
+    with pytest.raises(UserError, match="prompt_vectors"):
+        make(prompt_vectors=-1)
+    with pytest.raises(UserError, match="prompt_init"):
+        make(prompt_vectors=2, prompt_init="")

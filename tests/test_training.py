@@ -7,7 +7,9 @@ import torch
 
 from slam_tiny import save_tiny_llm, save_tiny_whisper, tiny_llm, write_manifest_dir
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.slam import SlamConfig, SlamModel
+from dataclasses import replace
+
+from speechllm_redundancy.slam import RECOGNISED_COPY, SlamConfig, SlamModel
 from speechllm_redundancy.training import Example, TrainConfig, TrainData, TrainingInterrupted, lr_lambda, train
 
 torch.set_num_threads(2)
@@ -124,6 +126,30 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     assert main(["slam", "evaluate", "--model", str(tmp_path), "--manifest", str(manifest)]) == 2
 
 
+def test_cli_trains_a_soft_prompt_in_the_recognised_layout(tmp_path, capsys):
+    """`slam train --prompt-vectors N --prompt-lr X --freeze-projector --asr-layout recognised`: the cpu
+    recipe's frozen model from the command line; only the prompt moves, and the model reloads with it."""
+    from speechllm_redundancy.cli import main
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    llm = save_tiny_llm(tmp_path / "llm")
+    manifest = write_manifest_dir(tmp_path / "corpus")
+    out = tmp_path / "model"
+    assert main(["slam", "train", "--encoder", whisper, "--llm", llm, "--train", str(manifest), "--out", str(out),
+                 "--steps", "2", "--batch-size", "2", "--prompt-vectors", "3", "--prompt-lr", "0.05",
+                 "--freeze-projector", "--asr-layout", "recognised"]) == 0
+    capsys.readouterr()
+    model = SlamModel.load(out / "final")
+    assert model.config.prompt_vectors == 3 and model.config.prompts["asr"] == RECOGNISED_COPY
+    start = SlamModel(replace(model.config), model.llm, model.tokenizer).soft_prompt
+    assert not torch.equal(start, model.soft_prompt)
+    assert json.loads((out / "result.json").read_text())["config"]["prompt_lr"] == 0.05
+
+
+def lora_config(run):
+    return SlamModel.load(run.out_dir / "final").config
+
+
 def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
     """The chapters' entry point: the recipe decides the warm start and compression, the training limit the
     data, and asking again for the same model is a cache hit with the same weights."""
@@ -135,7 +161,13 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
     model, run = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, ctc_steps=3,
                               progress=False)
     assert run.steps == {"slam": 5} and run.warm_start.steps == {"ctc": 3}
-    assert model.config.ctc_compress and model.config.ctc_embed == "soft" and model.ctc is not None
+    # a frozen decoder reads the CTC labels in the recogniser layout, and its steps tune a soft prompt only
+    assert model.config.ctc_compress and model.config.ctc_embed == "hard" and model.ctc is not None
+    assert model.config.prompts["asr"] == RECOGNISED_COPY and model.config.prompt_vectors == 8
+    start = SlamModel(replace(model.config), model.llm, model.tokenizer).soft_prompt
+    assert not torch.equal(start, model.soft_prompt)
+    torch.testing.assert_close(SlamModel.load(run.warm_start.out_dir / "final").projector.state_dict(),
+                               model.projector.state_dict())
     assert [e.id for e in run.data.examples] == ["u0", "u1", "u2"]
     assert run.total_minutes == run.minutes + run.warm_start.minutes
     again, run2 = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, ctc_steps=3,
@@ -146,13 +178,16 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
                            lora={"r": 2}, progress=False)
     assert run3.warm_start.out_dir == run.warm_start.out_dir and run3.key != run.key and run3.steps == {"slam": 2}
     config3 = json.loads((run3.out_dir / "result.json").read_text())["config"]
-    assert config3["lr"] == 5e-4 and config3["freeze_projector"]
+    assert config3["lr"] == 5e-4 and config3["freeze_projector"] and config3["prompt_lr"] is None
+    assert lora_config(run3).ctc_embed == "soft" and lora_config(run3).prompt_vectors == 0
     warm = SlamModel.load(run.warm_start.out_dir / "final")
     lora = SlamModel.load(run3.out_dir / "final")
     torch.testing.assert_close(lora.projector.state_dict(), warm.projector.state_dict())  # adapters only
     # 0 next-token steps: the decoder reads the warm start as it is
     _, run4 = trained_slam(whisper, llm, manifest, steps=0, recipe="cpu", train_limit=3, ctc_steps=3, progress=False)
     assert run4.steps == {} and run4.warm_start.out_dir == run.warm_start.out_dir
+    read_as_is = SlamModel.load(run4.out_dir / "final")
+    assert read_as_is.config.ctc_embed == "hard" and read_as_is.soft_prompt is None  # nothing to tune it
     paper, other = trained_slam(whisper, llm, manifest, steps=5, recipe="paper", train_limit=3, progress=False)
     assert other.key != run.key and other.steps == {"slam": 5} and paper.ctc is None
     with pytest.raises(UserError, match="unknown training recipe"):
@@ -302,13 +337,50 @@ def test_freeze_projector_trains_the_adapters_only(tmp_path):
         train(frozen, data, TrainConfig(steps=1, batch_size=2, freeze_projector=True), tmp_path / "f", progress=False)
 
 
-def test_hard_ctc_input_without_adapters_is_refused_clearly(tmp_path):
-    """Hard CTC labels pass no gradient to the projector: with a frozen decoder there is nothing to train,
-    which is a clear error rather than autograd's "does not require grad"."""
+def test_hard_ctc_input_still_trains_the_projector(tmp_path):
+    """Hard CTC labels reach the projector through the straight-through gradient: a frozen decoder reading
+    them still has a projector to train (healing's projector strategy); with it frozen too, nothing is left."""
     llm, tok = tiny_llm(seed=1)
     model = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32), llm, tok)
     data = TrainData([Example(f"u{i}", torch.randn(40, D), "asr", "a b") for i in range(4)], "fp")
     train(model, data, TrainConfig(steps=0, ctc_warmup_steps=1, ctc_batch_size=2), tmp_path / "warm", progress=False)
     model.config.ctc_compress, model.config.ctc_embed = True, "hard"
-    with pytest.raises(UserError, match="ctc_embed='hard'"):
-        train(model, data, TrainConfig(steps=1, batch_size=2), tmp_path / "slam", progress=False)
+    before = {k: v.clone() for k, v in model.projector.state_dict().items()}
+    train(model, data, TrainConfig(steps=1, batch_size=2, warmup_steps=1), tmp_path / "slam", progress=False)
+    assert any(not torch.equal(v, model.projector.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(UserError, match="nothing to train"):
+        train(model, data, TrainConfig(steps=1, batch_size=2, freeze_projector=True), tmp_path / "f", progress=False)
+
+
+def test_soft_prompt_trains_at_its_own_rate_with_the_projector_frozen(tmp_path):
+    """Prompt tuning of a frozen decoder: with freeze_projector (and with hard CTC labels, which pass no
+    gradient to the projector) the soft prompt is what trains, at prompt_lr; nothing else moves."""
+    from speechllm_redundancy.training import _param_groups
+
+    llm, tok = tiny_llm(seed=1)
+    model = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32, prompt_vectors=2),
+                      llm, tok)
+    projector = {k: v.clone() for k, v in model.projector.state_dict().items()}
+    prompt, llm_state = model.soft_prompt.detach().clone(), {k: v.clone() for k, v in model.llm.state_dict().items()}
+    data = TrainData([Example(f"u{i}", torch.randn(20, D), "asr", "a b c") for i in range(4)], "fp")
+    result = train(model, data, TrainConfig(steps=6, batch_size=2, lr=1e-9, prompt_lr=5e-2, warmup_steps=1,
+                                            freeze_projector=True, log_every=1), tmp_path / "run", progress=False)
+    assert all(torch.equal(v, model.projector.state_dict()[k]) for k, v in projector.items())
+    assert all(torch.equal(v, model.llm.state_dict()[k]) for k, v in llm_state.items())
+    moved = (model.soft_prompt - prompt).abs().max()
+    assert moved > 1e-2  # at lr 1e-9 it would not have moved this far
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    groups = _param_groups(model, [model.soft_prompt, *model.projector.parameters()], 0.3)
+    assert [g.get("lr") for g in groups] == [None, 0.3] and groups[1]["params"] == [model.soft_prompt]
+    assert len(_param_groups(model, [model.soft_prompt], None)) == 1
+    # hard CTC labels with the projector frozen: the soft prompt still trains
+    llm, tok = tiny_llm(seed=1)
+    hard = SlamModel(SlamConfig(encoder="e", llm="tiny", encoder_dim=D, projector_hidden=32, prompt_vectors=2),
+                     llm, tok)
+    data = TrainData([Example(f"u{i}", torch.randn(40, D), "asr", "a b") for i in range(4)], "fp")
+    train(hard, data, TrainConfig(steps=0, ctc_warmup_steps=1, ctc_batch_size=2), tmp_path / "warm", progress=False)
+    hard.config.ctc_compress, hard.config.ctc_embed = True, "hard"
+    start = hard.soft_prompt.detach().clone()
+    train(hard, data, TrainConfig(steps=1, batch_size=2, prompt_lr=1e-2, freeze_projector=True), tmp_path / "hard",
+          progress=False)
+    assert not torch.equal(start, hard.soft_prompt)

@@ -2,8 +2,9 @@
 
 The paper compares four strategies on a pruned SLAM model (NOTES.md, "Healing after pruning"):
 ``none``; ``decoder`` — LoRA on the *receiving* layer's MLP (gate/up/down projections) only;
-``projector`` — the projector unfrozen; ``both``. Training reuses the SLAM loop (`training.train`), so
-healing runs are checkpointed, resumable and cached like every other run.
+``projector`` — the projector unfrozen (with a trained soft prompt, the other input-side weights);
+``both``. Training reuses the SLAM loop (`training.train`), so healing runs are checkpointed, resumable
+and cached like every other run.
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ def prepare_healing(slam, strategy: str, receiving: int, lora: dict | None = Non
         config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
                             target_modules=receiving_mlp_modules(slam.llm, receiving), bias="none")
         slam.llm = get_peft_model(slam.llm, config, adapter_name="healing")
-    if strategy in ("projector", "both"):
+    if strategy in ("projector", "both"):  # the input side: the projector and any trained soft prompt
         slam.projector.requires_grad_(True)
+        if getattr(slam, "soft_prompt", None) is not None:
+            slam.soft_prompt.requires_grad_(True)
 
 
 def heal(slam, start: int, size: int, strategy: str, data, train_config, out_dir: str | os.PathLike,

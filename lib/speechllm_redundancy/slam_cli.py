@@ -52,6 +52,13 @@ def register(subparsers) -> None:
                     help="what the LLM reads per CTC segment: mean projected frame, p·E (soft) or the label's embedding")
     tr.add_argument("--ctc-temperature", type=float, default=SlamConfig.ctc_temperature,
                     help="softmax temperature of the posteriors in --ctc-embed soft")
+    tr.add_argument("--prompt-vectors", type=int, default=SlamConfig.prompt_vectors,
+                    help="trainable soft-prompt vectors before the speech (prompt tuning; their rate: --prompt-lr)")
+    tr.add_argument("--prompt-init", default=SlamConfig.prompt_init,
+                    help="text whose token embeddings the soft prompt starts from")
+    tr.add_argument("--asr-layout", default="quoted", choices=("quoted", "recognised"),
+                    help="ASR prompt layout: copy the quoted speech, or the cpu recipe's frozen-decoder layout "
+                         "(the quoted words come from a recogniser; correct only misheard words)")
     tr.add_argument("--init-from", help="start from this saved SLAM model's projector and CTC head "
                                         "(e.g. a CTC warm start's final/)")
     for f in fields(TrainConfig):  # every training setting is a flag (--steps, --lr, --ctc-warmup-steps …)
@@ -60,7 +67,7 @@ def register(subparsers) -> None:
         if isinstance(f.default, bool):
             tr.add_argument("--" + f.name.replace("_", "-"), action="store_const", const=True, help=f"default {f.default}")
             continue
-        kind = float if isinstance(f.default, float) or f.name == "max_minutes" else int
+        kind = float if isinstance(f.default, float) or f.name in ("max_minutes", "prompt_lr") else int
         tr.add_argument("--" + f.name.replace("_", "-"), type=kind, help=f"default {f.default}")
     tr.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), help="default auto")
     tr.add_argument("--eval", help="manifest to score during training (first --eval-limit utterances)")
@@ -90,7 +97,7 @@ def _features(args) -> int:
 def _train(args) -> int:
     import torch
 
-    from speechllm_redundancy.slam import SlamConfig
+    from speechllm_redundancy.slam import PROMPTS, QUOTED_COPY, RECOGNISED_COPY, SlamConfig
     from speechllm_redundancy.training import TrainConfig, train_slam
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
@@ -100,7 +107,10 @@ def _train(args) -> int:
     slam_cfg = SlamConfig(encoder=args.encoder, llm=args.llm, k=args.k, lora=lora,
                           chat_template=not args.no_chat_template, whisper_window=args.whisper_window,
                           ctc_compress=args.ctc_compress, ctc_embed=args.ctc_embed,
-                          ctc_temperature=args.ctc_temperature)
+                          ctc_temperature=args.ctc_temperature, prompt_vectors=args.prompt_vectors,
+                          prompt_init=args.prompt_init,
+                          prompts={**PROMPTS,
+                                   "asr": RECOGNISED_COPY if args.asr_layout == "recognised" else QUOTED_COPY})
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, result = train_slam(slam_cfg, cfg, args.train, task=args.task, out_dir=args.out,
                                eval_manifest=args.eval, eval_every=args.eval_every, eval_limit=args.eval_limit,

@@ -36,6 +36,7 @@ from torch import nn
 from speechllm_redundancy.cache import (atomic_path, atomic_write_json, entry_lock, key_of, read_verified,
                                         verify_entry)
 from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.slam import PROMPTS, RECOGNISED_COPY
 
 # fields that change how a run is logged or paced, not what it computes
 _NOT_IN_KEY = ("checkpoint_every", "log_every")
@@ -67,6 +68,7 @@ class TrainConfig:
     ctc_batch_size: int = 16
     ctc_weight: float = 0.0  # CTC loss kept beside the next-token loss afterwards (holds the compression in place)
     freeze_projector: bool = False  # next-token phase trains only the adapters (the warm start's projector stays)
+    prompt_lr: float | None = None  # the soft prompt's learning rate (SlamConfig.prompt_vectors; None: lr)
     max_minutes: float | None = None  # stop (and save) once this much training time has passed
 
     def key(self) -> str:
@@ -340,8 +342,7 @@ def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progres
             if model.ctc is not None:
                 model.ctc.requires_grad_(False)  # the head is fixed once the warm start is over
             module = model
-            hard = getattr(model.config, "ctc_compress", False) and getattr(model.config, "ctc_embed", "") == "hard"
-            if cfg.freeze_projector or (hard and not cfg.ctc_weight):  # hard labels pass no gradient back
+            if cfg.freeze_projector:
                 model.projector.requires_grad_(False)
             if cfg.ctc_weight and model.ctc is None:
                 raise UserError(f"ctc_weight={cfg.ctc_weight} needs a CTC head: add ctc_warmup_steps or start "
@@ -350,9 +351,10 @@ def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progres
             params = [q for q in model.parameters() if q.requires_grad]
             lr, batch_size = cfg.lr, cfg.batch_size
         if not params:
-            raise UserError("nothing to train: every parameter is frozen (unfreeze the projector or add LoRA; with "
-                            "ctc_embed='hard' the projector gets no gradient from the decoder).")
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+            raise UserError("nothing to train: every parameter is frozen (unfreeze the projector, add LoRA or "
+                            "SlamConfig.prompt_vectors).")
+        optimizer = torch.optim.AdamW(_param_groups(model, params, cfg.prompt_lr), lr=lr,
+                                      betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(cfg.warmup_steps, n_steps), n_steps))
         if resuming:
             optimizer.load_state_dict(state["optimizer"])
@@ -423,6 +425,16 @@ def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progres
                                         "steps": steps_done, "config": asdict(cfg)}, seal=True)
     accelerator.wait_for_everyone()
     return TrainResult(out_dir, history, elapsed / 60, steps_done)
+
+
+def _param_groups(model, params: list, prompt_lr: float | None) -> list[dict]:
+    """One optimiser group, or two when a trained soft prompt takes its own learning rate (prompt tuning
+    wants ~10-100x the rate of weights: its vectors start at token embeddings and move far)."""
+    prompt = getattr(model, "soft_prompt", None)
+    if prompt_lr is None or prompt is None or not any(q is prompt for q in params):
+        return [{"params": params}]
+    rest = [q for q in params if q is not prompt]
+    return ([{"params": rest}] if rest else []) + [{"params": [prompt], "lr": prompt_lr}]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -573,17 +585,23 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
 # LLM reading every projected frame) — for GPUs and long runs. "cpu": the recipe measured on a 2-core CPU
 # (book/method.md, benchmarks/slam_training.py): a CTC warm start of the projector against the frozen token
 # embeddings, trained once per (encoder, decoder, speech data) and shared by every model built on it (frozen
-# and LoRA alike); the LLM then reads one vector per CTC segment, p·E (the segment's token posteriors times
-# the token embeddings: speech placed where the decoder already understands it). A frozen decoder reads the
-# warm start as it is (training the projector through it made the transcripts worse: book/method.md); LoRA
-# models train their adapters only, with the next-token loss at lr 5·10⁻⁴, the warm start's projector kept
-# as it is (trained along, the projector drifts under the fixed CTC head and the WER rose with every step;
-# kept fixed, SmolLM2's went from 36 % to 31–33 %). "train" applies to every model of the recipe,
-# "lora_train" in addition to those with LoRA on the decoder.
+# and LoRA alike); the LLM then reads one vector per CTC segment (speech placed where the decoder already
+# understands it). A frozen decoder reads the embeddings of the segments' labels ("hard") in the
+# RECOGNISED_COPY layout, and its next-token steps train 8 soft-prompt vectors only (prompt tuning; training
+# the projector through a frozen decoder made the transcripts worse, and p·E input let it drift on noisy
+# speech: test-other 56.0 vs 48.1 % WER with hard labels; book/method.md). LoRA models read p·E and train
+# their adapters only, at lr 5·10⁻⁴, the warm start's projector kept as it is (trained along, it drifts
+# under the fixed CTC head and the WER rose with every step; kept fixed, SmolLM2's went from 36 % to
+# 31–33 %). "train" applies to every model of the recipe, "lora_train" to those with LoRA on the decoder,
+# "frozen_slam" / "frozen_train" to those without, "prompt_tuning" to those without that train at all.
 RECIPES = {
-    "paper": {"slam": {}, "train": {}, "lora_train": {}, "ctc_steps": 0},
+    "paper": {"slam": {}, "train": {}, "lora_train": {}, "frozen_slam": {}, "frozen_train": {}, "prompt_tuning": {},
+              "ctc_steps": 0},
     "cpu": {"slam": {"ctc_compress": True, "ctc_embed": "soft", "ctc_temperature": 1.0},
-            "train": {}, "lora_train": {"lr": 5e-4, "freeze_projector": True}, "ctc_steps": 900},
+            "train": {}, "lora_train": {"lr": 5e-4, "freeze_projector": True},
+            "frozen_slam": {"ctc_embed": "hard", "prompts": {**PROMPTS, "asr": RECOGNISED_COPY}},
+            "frozen_train": {"freeze_projector": True, "prompt_lr": 1e-2, "warmup_steps": 10, "batch_size": 16},
+            "prompt_tuning": {"prompt_vectors": 8}, "ctc_steps": 900},
 }
 
 
@@ -644,8 +662,11 @@ def trained_slam(encoder: str, llm: str, train_manifest: str | os.PathLike, *, s
     if ctc_steps == 0 and spec["ctc_steps"]:
         raise UserError(f"ctc_steps=0 but recipe {recipe!r} reads the speech through the CTC head: give it at least "
                         "one warm-start step (or use recipe='paper').")
-    slam_config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, lora=lora, **spec["slam"])
-    train_config = TrainConfig(steps=steps, seed=seed, **spec["train"], **(spec["lora_train"] if lora else {}))
+    slam_over = {**spec["slam"], **({} if lora else spec["frozen_slam"]),
+                 **(spec["prompt_tuning"] if not lora and steps else {})}
+    slam_config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, lora=lora, **slam_over)
+    train_config = TrainConfig(steps=steps, seed=seed, **spec["train"],
+                               **(spec["lora_train"] if lora else spec["frozen_train"]))
     warm = None
     if spec["ctc_steps"]:
         if warm_start_manifest is None:

@@ -1,0 +1,202 @@
+"""Greedy decoding speed of a SLAM model: the project's decoder against two common ones, in one run.
+
+Issue 16 anchors the project's decoder (``decoding.greedy``: KV cache, rows batched with left padding,
+called as ``SlamModel.generate`` calls it) against
+  no-cache   batch 1, the whole sequence (prompt embeddings + tokens so far) re-run at every step, as in
+             SpeechBrain's SpeechLLM recipe (LM head at the last position only, so the loop is charged for
+             re-running the decoder stack alone: a conservative speed-up)
+  generate   Hugging Face ``llm.generate(inputs_embeds=…)``, greedy, batch 1 (each row keeps its own cap).
+The physical limit is one decoder forward per generated token per batch, which the project's decoder runs.
+All three get the same utterances, projected inputs, per-row caps (``SlamModel.generate``'s rule) and stop
+ids, and keep the stop token; their token ids must agree exactly (else the first differing row is printed
+and the run exits non-zero). Float32 on CPU; times exclude the projector and a short untimed warm-up.
+
+    python benchmarks/bench_decoding.py                      # smollm2-135m and qwen2.5-coder-0.5b, 200 rows
+    python benchmarks/bench_decoding.py --slam DIR --manifest test-clean.jsonl --limit 200
+    python benchmarks/bench_decoding.py --tiny               # tiny random Llama (the test)
+
+Without ``--slam`` the packaged decoder reads a randomly initialised projector fed random 512-d features of
+3–15 s at 50 Hz (fixed seed): it babbles to its cap or a stop token, which serves a speed benchmark (all
+decoders get the same caps). ``--slam`` decodes real utterances with a trained model instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from speechllm_redundancy.decoding import greedy
+from speechllm_redundancy.slam import CAP_SLACK, SlamConfig, SlamModel
+
+DECODERS = ("project", "no-cache", "generate")
+
+
+def batches(model: SlamModel, features, task: str = "asr", max_new_tokens: int = 200, batch_size: int = 16):
+    """Left-padded batches as ``SlamModel.generate`` builds them (by length): embeds, mask, caps, stops."""
+    order = sorted(range(len(features)), key=lambda i: features[i].shape[0])
+    ratio, out = model._output_ratio(task, None), []
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            b = model.embed_batch([features[i] for i in order[s : s + batch_size]], task, padding_side="left")
+            caps = [min(max_new_tokens, CAP_SLACK + int(ratio * n)) for n in b["speech_lengths"]]
+            out.append({"embeds": b["inputs_embeds"], "mask": b["attention_mask"], "caps": caps,
+                        "stops": model.layout.stop_ids(task)})
+    return out
+
+
+def rows(batch) -> list[tuple[torch.Tensor, int, frozenset]]:
+    """(1, L, H) unpadded inputs, cap and stop ids of each row (left padding: real positions come last)."""
+    width = batch["embeds"].shape[1]
+    return [(batch["embeds"][i : i + 1, width - n :], cap, batch["stops"])
+            for i, (n, cap) in enumerate(zip(batch["mask"].sum(1).tolist(), batch["caps"]))]
+
+
+def project(model, batch) -> list[list[int]]:
+    return greedy(model.llm, batch["embeds"], batch["mask"], batch["caps"], stop_ids=batch["stops"],
+                  pad_id=model.layout.pad_id, keep_stop=True)
+
+
+@torch.inference_mode()
+def no_cache(llm, embeds: torch.Tensor, cap: int, stops) -> list[int]:
+    """Batch 1 without a KV cache: re-run prompt + generated tokens at each step; the stop token is kept."""
+    table, ids = llm.get_input_embeddings(), []
+    while len(ids) < cap:
+        x = embeds if not ids else torch.cat([embeds, table(torch.tensor([ids], device=embeds.device))], 1)
+        ids.append(int(llm(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[0, -1].argmax()))
+        if ids[-1] in stops:
+            break
+    return ids
+
+
+@torch.inference_mode()
+def hf_generate(llm, embeds: torch.Tensor, cap: int, stops, pad_id: int) -> list[int]:
+    """Hugging Face greedy ``generate`` from embeddings; it keeps the stop (eos) token it ends on."""
+    if cap == 0:
+        return []
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    out = llm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, num_beams=1,
+                       repetition_penalty=1.0, max_new_tokens=cap, eos_token_id=sorted(stops),
+                       pad_token_id=pad_id)
+    ids = out[0].tolist()  # only the new tokens, given inputs_embeds alone (transformers 5.24)
+    return ids[embeds.shape[1] :] if len(ids) > cap else ids  # a release that prepends the prompt's ids
+
+
+def decoders(model, batch_list, label: str = "", show: bool = True) -> dict:
+    """Decoder name → a function that decodes every row of ``batch_list`` (in batch order)."""
+    every = [r for b in batch_list for r in rows(b)]
+
+    def bar(items, name):
+        return tqdm(items, desc=f"{label} {name}".strip(), leave=False, disable=not show)
+
+    return {
+        "project": lambda: [ids for b in bar(batch_list, "project") for ids in project(model, b)],
+        "no-cache": lambda: [no_cache(model.llm, e, cap, st) for e, cap, st in bar(every, "no-cache")],
+        "generate": lambda: [hf_generate(model.llm, e, cap, st, model.layout.pad_id)
+                             for e, cap, st in bar(every, "generate")],
+    }
+
+
+def run(model, batch_list, label: str = "") -> dict[str, tuple[list[list[int]], float]]:
+    """Each decoder's outputs and wall-clock seconds, after an untimed warm-up (one row, 2 tokens)."""
+    model.eval()
+    b0 = batch_list[0]
+    first = {**b0, "embeds": b0["embeds"][:1], "mask": b0["mask"][:1], "caps": [min(2, b0["caps"][0])]}
+    for warm_up in decoders(model, [first], show=False).values():
+        warm_up()
+    result = {}
+    for name, decode in decoders(model, batch_list, label).items():
+        start = time.perf_counter()
+        out = decode()
+        result[name] = (out, time.perf_counter() - start)
+    return result
+
+
+def first_mismatch(result) -> int | None:
+    """The first row where another decoder's ids differ from the project's (None: all identical)."""
+    ref = result["project"][0]
+    return next((i for i, ids in enumerate(ref)
+                 if any(i >= len(result[d][0]) or result[d][0][i] != ids for d in DECODERS[1:])), None)
+
+
+def tiny_model(n: int = 12):
+    """A SlamModel on the tests' tiny random Llama (byte tokenizer) and n random 16-d feature sequences."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from slam_tiny import tiny_llm
+
+    llm, tok = tiny_llm(seed=3)
+    torch.manual_seed(2)
+    cfg = SlamConfig(encoder="tiny-whisper", llm="tiny", encoder_dim=16, projector_hidden=32)
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(5, 60, (n,), generator=g).tolist()
+    return SlamModel(cfg, llm, tok), [3 * torch.randn(t, 16, generator=g) for t in lengths]
+
+
+def models(args):
+    """(name, SlamModel, features) to benchmark, by the command line."""
+    if args.tiny:
+        yield ("tiny", *tiny_model(args.limit or 12))
+    elif args.slam:
+        from speechllm_redundancy.data.manifest import read_manifest
+        from speechllm_redundancy.features import cached_features
+
+        model = SlamModel.load(args.slam)
+        store = cached_features(model.config.encoder, args.manifest, limit=args.limit,
+                                whisper_window=model.config.whisper_window)
+        yield model.config.llm, model, [store[u.id] for u in read_manifest(args.manifest)[: args.limit]]
+    else:
+        for name in args.llm:
+            torch.manual_seed(0)
+            model = SlamModel(SlamConfig(llm=name, encoder_dim=512))  # packaged decoder, random projector
+            g = torch.Generator().manual_seed(0)
+            lengths = torch.randint(150, 751, (args.limit,), generator=g).tolist()  # 3–15 s at 50 Hz
+            yield name, model, [torch.randn(t, 512, generator=g) for t in lengths]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--llm", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    parser.add_argument("--slam", help="a saved SLAM model directory (with --manifest)")
+    parser.add_argument("--manifest", help="the utterances --slam decodes")
+    parser.add_argument("--limit", type=int, help="utterances (default 200; 12 with --tiny)")
+    parser.add_argument("--task", default="asr")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=16, help="the project decoder's batch")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model (the test)")
+    args = parser.parse_args(argv)
+    if args.slam and not args.manifest:
+        parser.error("--slam needs --manifest")
+    args.limit = args.limit or (None if args.tiny else 200)
+    torch.set_num_threads(args.threads)
+    speedups = {"no-cache": [], "generate": []}
+    for name, model, feats in models(args):
+        result = run(model, batches(model, feats, args.task, args.max_new_tokens, args.batch_size), name)
+        bad = first_mismatch(result)
+        if bad is not None:
+            print(f"{name}: the decoders' outputs differ at row {bad} (batch order):")
+            for dec in DECODERS:
+                print(f"  {dec:>9}: {result[dec][0][bad] if bad < len(result[dec][0]) else None}")
+            return 1
+        tokens = sum(map(len, result["project"][0]))
+        rate = {dec: tokens / result[dec][1] for dec in DECODERS}
+        print(f"\n{name}: {len(feats)} utterances, identical outputs; {torch.get_num_threads()} CPU "
+              f"threads, float32, project batch {args.batch_size}")
+        print(f"{'decoder':>9} | {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'project ×':>9}")
+        for dec in DECODERS:
+            print(f"{dec:>9} | {tokens:>7} {result[dec][1]:>8.2f} {rate[dec]:>9.1f} "
+                  f"{rate['project'] / rate[dec]:>8.1f}×")
+        for dec, ratios in speedups.items():
+            ratios.append(rate["project"] / rate[dec])
+    print(f"decoding speed-up: vs no-cache {min(speedups['no-cache']):.1f}×, "
+          f"vs generate {min(speedups['generate']):.1f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
