@@ -55,6 +55,14 @@ VARIANTS = {
 }
 
 
+def _value(text: str):
+    """A --set value: JSON where it parses (numbers, true, null, lists), else the string (mixed_precision=no)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     from speechllm_redundancy.ceilings import gold_ceiling
     from speechllm_redundancy.data.corpus import corpus_dir
@@ -90,8 +98,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     corpus = args.corpus or str(corpus_dir("profiles/default.yaml"))
     path = lambda split: f"{corpus}/{split}.jsonl"  # noqa: E731
-    overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v
-                 for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
 
     warm = ctc_warm_start(args.encoder, args.llm, path(args.warm_start or args.train), steps=args.ctc_steps,
                           whisper_window=args.whisper_window, train_limit=args.train_limit)

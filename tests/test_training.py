@@ -384,3 +384,13 @@ def test_soft_prompt_trains_at_its_own_rate_with_the_projector_frozen(tmp_path):
     train(hard, data, TrainConfig(steps=1, batch_size=2, prompt_lr=1e-2, freeze_projector=True), tmp_path / "hard",
           progress=False)
     assert not torch.equal(start, hard.soft_prompt)
+
+
+def test_one_process_trains_runs_of_different_mixed_precision(tmp_path):
+    """A notebook or benchmark trains a bf16 run and a float32 one in one process (accelerate alone refuses
+    to change its precision once set)."""
+    data = toy_data(4)
+    for i, precision in enumerate(("bf16", "no", "bf16")):
+        result = train(make(), data, TrainConfig(steps=1, batch_size=2, mixed_precision=precision),
+                       tmp_path / f"run{i}", progress=False)
+        assert result.steps == {"slam": 1}

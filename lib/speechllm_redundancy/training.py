@@ -259,14 +259,28 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
 
     out_dir = Path(out_dir)
     device_cpu = not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=device_cpu, mixed_precision=resolve_mixed_precision(
-        cfg.mixed_precision, "cpu" if device_cpu else "cuda"))
+    precision = resolve_mixed_precision(cfg.mixed_precision, "cpu" if device_cpu else "cuda")
+    _allow_precision(precision)
+    accelerator = Accelerator(cpu=device_cpu, mixed_precision=precision)
     # Under `accelerate launch` only the main process takes the lock (the processes of one run must not
     # exclude each other); the others wait at the barrier, so all decide (hit, resume, fresh) on one state.
     with entry_lock(out_dir) if accelerator.is_main_process else contextlib.nullcontext():
         accelerator.wait_for_everyone()
         return _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progress, stop_after,
                       evaluate_ctc)
+
+
+def _allow_precision(precision: str) -> None:
+    """accelerate keeps one mixed-precision setting per process; a single process (a notebook, a benchmark)
+    may train runs of different settings one after another, so its state is reset between them. Under
+    ``accelerate launch`` the launcher's setting stands and a different one is accelerate's error."""
+    from accelerate.state import AcceleratorState
+
+    if not AcceleratorState._shared_state:
+        return
+    state = AcceleratorState()
+    if state.num_processes == 1 and str(state.mixed_precision) != precision:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _finished_run(out_dir: Path) -> dict:
