@@ -33,6 +33,7 @@ from dataclasses import replace
 
 import torch
 
+
 def _variants() -> dict:
     from speechllm_redundancy.training import RECIPES
 

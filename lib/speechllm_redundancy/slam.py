@@ -62,6 +62,7 @@ PROMPTS = {
 RECOGNISED_COPY = {"user": '"{speech}"\nThis sentence was heard by a speech recogniser and may have errors. '
                            "Write the sentence, correcting only its misheard words.",
                    "answer_prefix": '"', "stop": ['"', "\n"]}
+RECOGNISER_PROMPTS = {**PROMPTS, "asr": RECOGNISED_COPY}  # the cpu recipe's frozen models' layouts
 
 # what models saved before prompts were part of SlamConfig were trained with (format 1 without "prompts")
 LEGACY_PROMPTS = {"asr": "Transcribe the speech.", "ast-en-de": "Translate the English speech into German.",

@@ -97,7 +97,7 @@ def _features(args) -> int:
 def _train(args) -> int:
     import torch
 
-    from speechllm_redundancy.slam import PROMPTS, QUOTED_COPY, RECOGNISED_COPY, SlamConfig
+    from speechllm_redundancy.slam import PROMPTS, RECOGNISER_PROMPTS, SlamConfig
     from speechllm_redundancy.training import TrainConfig, train_slam
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
@@ -109,8 +109,7 @@ def _train(args) -> int:
                           ctc_compress=args.ctc_compress, ctc_embed=args.ctc_embed,
                           ctc_temperature=args.ctc_temperature, prompt_vectors=args.prompt_vectors,
                           prompt_init=args.prompt_init,
-                          prompts={**PROMPTS,
-                                   "asr": RECOGNISED_COPY if args.asr_layout == "recognised" else QUOTED_COPY})
+                          prompts=dict(RECOGNISER_PROMPTS if args.asr_layout == "recognised" else PROMPTS))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, result = train_slam(slam_cfg, cfg, args.train, task=args.task, out_dir=args.out,
                                eval_manifest=args.eval, eval_every=args.eval_every, eval_limit=args.eval_limit,

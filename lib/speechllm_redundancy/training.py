@@ -36,7 +36,7 @@ from torch import nn
 from speechllm_redundancy.cache import (atomic_path, atomic_write_json, entry_lock, key_of, read_verified,
                                         verify_entry)
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.slam import PROMPTS, RECOGNISED_COPY
+from speechllm_redundancy.slam import RECOGNISER_PROMPTS
 
 # fields that change how a run is logged or paced, not what it computes
 _NOT_IN_KEY = ("checkpoint_every", "log_every")
@@ -613,7 +613,7 @@ RECIPES = {
               "ctc_steps": 0},
     "cpu": {"slam": {"ctc_compress": True, "ctc_embed": "soft", "ctc_temperature": 1.0},
             "train": {}, "lora_train": {"lr": 5e-4, "freeze_projector": True},
-            "frozen_slam": {"ctc_embed": "hard", "prompts": {**PROMPTS, "asr": RECOGNISED_COPY}},
+            "frozen_slam": {"ctc_embed": "hard", "prompts": RECOGNISER_PROMPTS},
             "frozen_train": {"freeze_projector": True, "prompt_lr": 1e-2, "warmup_steps": 10, "batch_size": 16,
                              "bucket": 0},  # one prompt for every length: batches mix them (test-other 49.7 vs 51.2)
             "prompt_tuning": {"prompt_vectors": 8}, "ctc_steps": 900},
