@@ -1,13 +1,18 @@
-"""Greedy decoding speed of a SLAM model: the project's decoder against two common ones, in one run.
+"""Greedy decoding speed of a SLAM model: the project's decoder against two common ones (and its own former
+self), in one run.
 
-Issue 16 anchors the project's decoder (``decoding.greedy``: KV cache, rows batched with left padding,
-called as ``SlamModel.generate`` calls it) against
+Issue 16 anchors the project's decoder (``decoding.greedy``: KV cache, rows batched with left padding, a
+batch's width decoded at a time and refilled from the waiting rows as rows end, called as
+``SlamModel.generate`` calls it) against
   no-cache   batch 1, the whole sequence (prompt embeddings + tokens so far) re-run at every step, as in
              SpeechBrain's SpeechLLM recipe (LM head at the last position only, so the loop is charged for
              re-running the decoder stack alone: a conservative speed-up)
-  generate   Hugging Face ``llm.generate(inputs_embeds=…)``, greedy, batch 1 (each row keeps its own cap).
-The physical limit is one decoder forward per generated token per batch, which the project's decoder runs.
-All three get the same utterances, projected inputs, per-row caps (``SlamModel.generate``'s rule) and stop
+  generate   Hugging Face ``llm.generate(inputs_embeds=…)``, greedy, batch 1 (each row keeps its own cap)
+  full-width the project's decoder before issue 16, batch by batch: a finished row stays in its batch (fed
+             padding) until the slowest row ends, and ``DynamicCache`` re-copies each layer's cache each step.
+The physical limit is one decoder forward per generated token per batch, the prefill done once, nothing
+computed for a finished row; the project's decoder runs that, at full width while rows are waiting.
+All four get the same utterances, projected inputs, per-row caps (``SlamModel.generate``'s rule) and stop
 ids, and keep the stop token; their token ids must agree exactly (else the first differing row is printed
 and the run exits non-zero). Float32 on CPU; times exclude the projector and a short untimed warm-up.
 
@@ -28,12 +33,13 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from speechllm_redundancy.decoding import greedy
-from speechllm_redundancy.slam import CAP_SLACK, SlamConfig, SlamModel
+from speechllm_redundancy.slam import CAP_SLACK, DECODE_CHUNK, SlamConfig, SlamModel
 
-DECODERS = ("project", "no-cache", "generate")
+DECODERS = ("project", "full-width", "no-cache", "generate")  # the two batched ones back to back
 
 
 def batches(model: SlamModel, features, task: str = "asr", max_new_tokens: int = 200, batch_size: int = 16):
@@ -56,9 +62,54 @@ def rows(batch) -> list[tuple[torch.Tensor, int, frozenset]]:
             for i, (n, cap) in enumerate(zip(batch["mask"].sum(1).tolist(), batch["caps"]))]
 
 
-def project(model, batch) -> list[list[int]]:
+def project(model, batch, width: int | None = None) -> list[list[int]]:
     return greedy(model.llm, batch["embeds"], batch["mask"], batch["caps"], stop_ids=batch["stops"],
-                  pad_id=model.layout.pad_id, keep_stop=True)
+                  pad_id=model.layout.pad_id, keep_stop=True, width=width)
+
+
+def chunks(batch_list) -> list[dict]:
+    """Consecutive batches merged (left-padded) DECODE_CHUNK at a time: what ``SlamModel.generate`` hands
+    ``greedy`` to decode a batch's width at a time, refilling it as rows end."""
+    out = []
+    for s in range(0, len(batch_list), DECODE_CHUNK):
+        part = batch_list[s : s + DECODE_CHUNK]
+        cols = max(b["mask"].shape[1] for b in part)
+        pads = [cols - b["mask"].shape[1] for b in part]
+        out.append({"embeds": torch.cat([F.pad(b["embeds"], (0, 0, n, 0)) for b, n in zip(part, pads)]),
+                    "mask": torch.cat([F.pad(b["mask"], (n, 0)) for b, n in zip(part, pads)]),
+                    "caps": [c for b in part for c in b["caps"]], "stops": part[0]["stops"]})
+    return out
+
+
+@torch.inference_mode()
+def full_width(llm, embeds: torch.Tensor, mask: torch.Tensor, caps: list[int], stops, pad_id: int):
+    """``decoding.greedy`` before issue 16 (the stop token kept): every row is run until the last one ends."""
+    from transformers import DynamicCache
+
+    from speechllm_redundancy.decoding import _cache_kwarg
+
+    b, stops = embeds.shape[0], torch.tensor(sorted(stops))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = {_cache_kwarg(llm): DynamicCache()}
+    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+              logits_to_keep=1, **cache)
+    next_pos, done = positions[:, -1:] + 1, torch.zeros(b, dtype=torch.bool)
+    caps_t, lengths, raw = torch.tensor(caps), torch.zeros(b, dtype=torch.long), []
+    for step in range(max(caps)):
+        nxt = out.logits[:, -1].argmax(-1)
+        capped = step >= caps_t
+        hit = torch.isin(nxt, stops) & ~done & ~capped
+        done |= hit | capped
+        lengths += (~done).long() + hit.long()
+        raw.append(nxt)
+        if done.all() or step + 1 >= max(caps):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        fed = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        out = llm(input_ids=fed[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **cache)
+        next_pos = next_pos + 1
+    seq = torch.stack(raw, 1).tolist() if raw else [[] for _ in range(b)]
+    return [row[:n] for row, n in zip(seq, lengths.tolist())]
 
 
 @torch.inference_mode()
@@ -88,13 +139,17 @@ def hf_generate(llm, embeds: torch.Tensor, cap: int, stops, pad_id: int) -> list
 
 def decoders(model, batch_list, label: str = "", show: bool = True) -> dict:
     """Decoder name → a function that decodes every row of ``batch_list`` (in batch order)."""
-    every = [r for b in batch_list for r in rows(b)]
+    every, width = [r for b in batch_list for r in rows(b)], max(len(b["caps"]) for b in batch_list)
 
     def bar(items, name):
         return tqdm(items, desc=f"{label} {name}".strip(), leave=False, disable=not show)
 
     return {
-        "project": lambda: [ids for b in bar(batch_list, "project") for ids in project(model, b)],
+        "project": lambda: [ids for b in bar(chunks(batch_list), "project")
+                            for ids in project(model, b, width)],
+        "full-width": lambda: [ids for b in bar(batch_list, "full-width")
+                               for ids in full_width(model.llm, b["embeds"], b["mask"], b["caps"], b["stops"],
+                                                     model.layout.pad_id)],
         "no-cache": lambda: [no_cache(model.llm, e, cap, st) for e, cap, st in bar(every, "no-cache")],
         "generate": lambda: [hf_generate(model.llm, e, cap, st, model.layout.pad_id)
                              for e, cap, st in bar(every, "generate")],
@@ -183,15 +238,15 @@ def main(argv=None) -> int:
         if bad is not None:
             print(f"{name}: the decoders' outputs differ at row {bad} (batch order):")
             for dec in DECODERS:
-                print(f"  {dec:>9}: {result[dec][0][bad] if bad < len(result[dec][0]) else None}")
+                print(f"  {dec:>10}: {result[dec][0][bad] if bad < len(result[dec][0]) else None}")
             return 1
         tokens = sum(map(len, result["project"][0]))
         rate = {dec: tokens / result[dec][1] for dec in DECODERS}
         print(f"\n{name}: {len(feats)} utterances, identical outputs; {torch.get_num_threads()} CPU "
               f"threads, float32, project batch {args.batch_size}")
-        print(f"{'decoder':>9} | {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'project ×':>9}")
+        print(f"{'decoder':>10} | {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'project ×':>9}")
         for dec in DECODERS:
-            print(f"{dec:>9} | {tokens:>7} {result[dec][1]:>8.2f} {rate[dec]:>9.1f} "
+            print(f"{dec:>10} | {tokens:>7} {result[dec][1]:>8.2f} {rate[dec]:>9.1f} "
                   f"{rate['project'] / rate[dec]:>8.1f}×")
         for dec, ratios in speedups.items():
             ratios.append(rate["project"] / rate[dec])

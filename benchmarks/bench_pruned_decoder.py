@@ -46,7 +46,7 @@ def main() -> None:
         name = f"{args.shape} shape, random init"
     print(f"model: {name}; device {device} ({torch.get_num_threads()} CPU threads); dtype {args.dtype}; "
           f"batch {args.batch_size}; prompt {args.prompt_tokens} tokens; {args.new_tokens} new tokens; "
-          f"best of {args.repeats}")
+          f"median of {args.repeats} repeats")
     frame = measure_efficiency(model, [0.0, *args.fractions], batch_size=args.batch_size,
                                prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                                repeats=args.repeats, device=device)

@@ -34,6 +34,7 @@ whisper_window = "padded"  # Whisper features: "full" (30 s window), "padded" (+
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, the LLM reads its output; book/method.md)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
 healing_steps = 300  # training steps of each healing run
+path_samples = 64  # validation (`dev`) utterances whose angles (speech) or transcripts (text) give the paths
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
 pruned_fractions = [0.1, 0.2, 0.3, 0.4]  # fractions of decoder layers removed (rounded to whole layers); None walks every n up to half
@@ -44,11 +45,12 @@ text_path_strategies = ["none", "decoder", "projector", "both"]  # strategies al
 #
 # The SLAM model of the profile's first speech LLM (frozen encoder, trained projector, frozen decoder;
 # the same trained model as chapters 1 and 3, through the cache). Two pruning paths $\ell^*(n)$: the
-# **speech-derived** one, from the angular distances of the model's own speech inputs (the first 64
-# training utterances, as in chapter 3), and the **text-derived** one, from the decoder LLM alone fed the
+# **speech-derived** one, from the angular distances of the model's own speech inputs (the first `path_samples`
+# utterances of the validation split `dev`, as in chapter 3), and the **text-derived** one, from the decoder LLM alone fed the
 # transcripts of the same utterances as plain text. For each path and each pruning level $n$, the block is
 # removed and the model healed with each strategy for `healing_steps` steps of the SLAM training loss on
-# the training set (the recipe of the SLAM training, the pruned model as a start). Every evaluation set is
+# the training set (the pruned model as a start, the training loop's defaults with a warm-up of a tenth of
+# the run: `healing.healing_config`). Every evaluation set is
 # then decoded greedily (`eval_limit` utterances each). Points shared by the two paths (same $n$, same
 # start) are computed once. The text-derived path is walked with `text_path_strategies` (all four by
 # default; a CPU profile may keep only `none`, since the paths' difference shows before any healing).
@@ -57,53 +59,31 @@ text_path_strategies = ["none", "decoder", "projector", "both"]  # strategies al
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from myst_nb import glue
 
-from speechllm_redundancy import plots, sweep
+from speechllm_redundancy import plots
 from speechllm_redundancy.book import glue_verdict, settings_table
-from speechllm_redundancy.cache import key_of
-from speechllm_redundancy.ceilings import cached_gold_ceiling
-from speechllm_redundancy.data import build_corpus, read_manifest
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
+from speechllm_redundancy.evaluation import describe_unusable
+from speechllm_redundancy.experiments import Settings, Study
 from speechllm_redundancy.healing import STRATEGIES
-from speechllm_redundancy.layers import num_decoder_layers
-from speechllm_redundancy.paths import artifact_path
-from speechllm_redundancy.results import record_baseline
-from speechllm_redundancy.training import TrainConfig, trained_slam
 
-PATH_SAMPLES = 64  # utterances whose angles give the pruning paths (as in chapter 3)
-
-torch.manual_seed(seed)
-manifests = build_corpus(corpus)
-eval_sets = [s for s in ("test-clean", "test-other", "dev-ood") if s in manifests]
+study = Study(Settings.of(globals()))
+eval_sets = study.eval_sets("asr")
 llm = speech_llms[0]
-slam, run = trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
-                         ctc_steps=ctc_steps, whisper_window=whisper_window, train_limit=train_limit, device=device)
-key = run.key
-num_layers = num_decoder_layers(slam.llm)
+run = study.slam(llm)
+num_layers = run.num_layers
 glue("ch2_layers", num_layers, display=False)
-
-transcripts = [u.text for u in read_manifest(manifests["train"])[:PATH_SAMPLES]]
-paths = {"speech-derived": sweep.speech_angles(slam, manifests["train"], key, limit=PATH_SAMPLES).optimal_path(),
-         "text-derived": sweep.text_angles(llm, transcripts, device).optimal_path()}
-
-heal_data = run.data  # healing trains on the SLAM model's own training data
-heal_config = TrainConfig(steps=healing_steps, seed=seed)
-evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit, max_new_tokens=max_new_tokens)
-sizes = sweep.path_sizes(num_layers, pruned_fractions)
-walks = []
 unknown = sorted(set(text_path_strategies) - set(STRATEGIES))
 if unknown:
     raise UserError(f"text_path_strategies {unknown} unknown: use some of {', '.join(STRATEGIES)}.")
-for path_name, path in paths.items():
-    for strategy in STRATEGIES if path_name == "speech-derived" else text_path_strategies:
-        walk = sweep.walk_path(slam, path, sizes, eval_sets, evaluate, artifact_path("sweeps", f"asr-{key}"),
-                               strategy=strategy, heal_data=heal_data, heal_config=heal_config,
-                               key=key_of(key, eval_limit, max_new_tokens))
-        walks.append(walk.assign(path=path_name))
-walks = pd.concat(walks, ignore_index=True)
+
+paths = {"speech-derived": study.speech_path(run), "text-derived": study.text_angles(llm).optimal_path()}
+walks = pd.concat([study.walk(run, path, pruned_fractions, strategy=strategy).assign(path=path_name)
+                   for path_name, path in paths.items()
+                   for strategy in (STRATEGIES if path_name == "speech-derived" else text_path_strategies)],
+                  ignore_index=True)
+sizes = sorted(set(walks.n) - {0})
 pd.DataFrame({"n": sizes, **{name: [p[n] for n in sizes] for name, p in paths.items()}}).set_index("n").T
 
 # %% [markdown]
@@ -133,7 +113,7 @@ fig.tight_layout()
 rows = []
 for (path_name, strategy), walk in walks.groupby(["path", "strategy"], sort=False):
     rows.append({"path": path_name, "strategy": strategy,
-                 "removable fraction": sweep.removable(walk, num_layers, "asr"),
+                 "removable fraction": study.removable(walk, run),
                  "mean relative WER change": float(walk[walk.n > 0].delta.mean()),
                  "worst relative WER change": float(walk[walk.n > 0].delta.max())})
 table = pd.DataFrame(rows).set_index(["path", "strategy"])
@@ -155,16 +135,32 @@ table.style.format({"removable fraction": "{:.1%}", "mean relative WER change": 
 # with both.
 
 # %% [markdown]
+# ## Text-derived versus speech-derived path
+#
+# The paper finds the text-derived path's curve "closely tracks" the speech-derived one. For each strategy
+# walked on both paths and each level: the largest difference of the relative WER change between the two
+# paths over the evaluation sets (0 where both paths remove the same block: the same pruned model).
+
+# %%
+both_paths = walks.pivot_table(index=["strategy", "n", "set"], columns="path", values="delta")
+both_paths = both_paths.dropna().query("n > 0")
+gap = (both_paths["speech-derived"] - both_paths["text-derived"]).abs().groupby(level=["strategy", "n"]).max()
+gaps = gap.unstack("n").rename(columns=lambda n: f"{n}/{num_layers} layers")
+glue("ch2_largest_path_gap", float(gap.max()) if len(gap) else float("nan"), display=False)
+gaps.style.format("{:.1%}").set_caption("largest |ΔWER(speech path) − ΔWER(text path)| over the sets")
+
+# %% [markdown]
+# At the levels walked, the two paths' relative WER changes differ by at most
+# {glue:text}`ch2_largest_path_gap:.1%` (over strategies and sets).
+
+# %% [markdown]
 # ## This run
 #
 # The settings this page was executed with:
 
 # %%
-settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper_window=whisper_window,
-                speech_llm=llm, healing_steps=healing_steps, train_steps=train_steps, eval_limit=eval_limit,
-                ctc_steps=ctc_steps, max_new_tokens=max_new_tokens, pruned_fractions=pruned_fractions,
-                text_path_strategies=text_path_strategies, corpus=corpus, device=device, seed=seed)
-settings_table(settings)
+settings_table(study.settings.as_dict() | dict(speech_llm=llm, pruned_fractions=pruned_fractions,
+                                              text_path_strategies=text_path_strategies))
 
 # %% [markdown]
 # ## Verdict
@@ -179,11 +175,9 @@ settings_table(settings)
 # relative changes from such a baseline say nothing of pruning.
 
 # %%
-baseline = sweep.baseline_scores(walks[walks.path == "speech-derived"])
-chance = sweep.chance_scores(manifests, eval_sets, "asr", eval_limit)
-ceiling = {s: cached_gold_ceiling(slam, "asr", manifests[s], eval_limit) for s in eval_sets}
-record_baseline(llm, "frozen decoder", "asr", baseline, chance, ceiling, recipe=recipe)
-unusable = no_better_than_chance(baseline, chance, "asr")
+speech_walks = walks[walks.path == "speech-derived"]
+study.record_baseline(run, speech_walks)
+unusable = study.unusable(speech_walks)
 mean = speech["mean relative WER change"]
 parts = {
     "sharp without healing": speech.loc["none", "worst relative WER change"] > 0.5,

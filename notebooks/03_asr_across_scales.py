@@ -31,6 +31,12 @@ ctc_steps = None  # CTC warm-start steps of the cpu recipe (shared by its models
 whisper_window = "padded"  # Whisper features: "full" (30 s window), "padded" (+ 2 s of silence) or "trim"
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, the LLM reads its output; book/method.md)
 train_limit = 8192  # train on the first N utterances of the training split only; None uses all of it
+lora_llms = []  # decoders also walked with LoRA on the decoder (Table 1's LoRA row; chapter 1's models)
+lora = {"r": 8, "alpha": 16, "dropout": 0.05}  # LoRA of those SLAM models (q, k, v, o projections)
+lora_steps = None  # next-token steps of the LoRA models (None: train_steps)
+healing = "both"  # after pruning: none, decoder, projector or both (the paper's Table 1: both, "joint healing")
+healing_steps = 300  # training steps of each healing run
+path_samples = 64  # validation (`dev`) utterances whose angles give each model's pruning path
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
 pruned_fractions = None  # fractions of decoder layers removed (rounded to whole layers); None walks every n up to half
@@ -39,52 +45,41 @@ pruned_fractions = None  # fractions of decoder layers removed (rounded to whole
 # ## Method of this chapter
 #
 # For every decoder of the profile: the SLAM model (frozen encoder, trained projector, frozen decoder;
-# shared through the cache with the other chapters), its optimal path from the angular distances of its
-# own speech inputs (64 training utterances), then the decoder pruned along that path by
+# shared through the cache with the other chapters) — and, for the decoders of `lora_llms`, the same with
+# LoRA on the decoder (chapter 1's model) —, its optimal path from the angular distances of its own speech
+# inputs (`path_samples` utterances of the validation split `dev`), then the decoder pruned along that path by
 # $n = 1 \ldots \lceil L/2 \rceil$ layers (or the profile's `pruned_fractions`, rounded to whole layers),
-# **without healing** (healing is chapter 2's subject), and greedy decoding of every evaluation set
-# (`eval_limit` utterances each, at most `max_new_tokens` tokens per utterance). A level is acceptable when the relative
-# WER change is at most +25 % on every set at once; the removable fraction is the largest acceptable $n/L$.
+# healed with `healing` for `healing_steps` steps (the paper's Table 1 heals decoder and projector jointly;
+# chapter 2 compares the strategies), and greedy decoding of every evaluation set (`eval_limit` utterances
+# each, at most `max_new_tokens` tokens per utterance). A level is acceptable when the relative WER change
+# is at most +25 % on every set at once; the removable fraction is the largest acceptable $n/L$.
 
 # %% tags=["hide-output"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-import torch
 from myst_nb import glue
 
-from speechllm_redundancy import plots, sweep
+from speechllm_redundancy import angles, plots
 from speechllm_redundancy.book import glue_verdict, settings_table
-from speechllm_redundancy.cache import key_of
-from speechllm_redundancy.ceilings import cached_gold_ceiling
-from speechllm_redundancy.data import build_corpus
-from speechllm_redundancy.evaluation import describe_unusable, no_better_than_chance
-from speechllm_redundancy.layers import num_decoder_layers
-from speechllm_redundancy.paths import artifact_path
-from speechllm_redundancy.results import record_baseline
-from speechllm_redundancy.training import trained_slam
+from speechllm_redundancy.evaluation import describe_unusable
+from speechllm_redundancy.experiments import Settings, Study
 
-torch.manual_seed(seed)
-manifests = build_corpus(corpus)
-eval_sets = [s for s in ("test-clean", "test-other", "dev-ood") if s in manifests]
-evaluate = sweep.manifest_evaluator(manifests, "asr", limit=eval_limit, max_new_tokens=max_new_tokens)
-chance = sweep.chance_scores(manifests, eval_sets, "asr", eval_limit)
-walks, summary = {}, []
-for llm in speech_llms:
-    slam, run = trained_slam(encoder, llm, manifests["train"], steps=train_steps, seed=seed, recipe=recipe,
-                             ctc_steps=ctc_steps, whisper_window=whisper_window, train_limit=train_limit, device=device)
-    key = run.key
-    matrix = sweep.speech_angles(slam, manifests["train"], key, limit=64)
-    num_layers = num_decoder_layers(slam.llm)
-    sizes = sweep.path_sizes(num_layers, pruned_fractions)
-    walk = sweep.walk_path(slam, matrix.optimal_path(), sizes, eval_sets, evaluate,
-                           artifact_path("sweeps", f"asr-{key}"), key=key_of(key, eval_limit, max_new_tokens))
-    walks[llm] = walk.assign(model=llm)
-    fraction = sweep.removable(walk, num_layers, "asr")
-    summary.append({"model": llm, "layers": num_layers,
-                    "parameters (M)": sum(p.numel() for p in slam.llm.parameters()) / 1e6,
-                    "removable fraction": fraction, "layers removable": round(fraction * num_layers),
-                    "unusable": no_better_than_chance(sweep.baseline_scores(walk), chance, "asr")})
+study = Study(Settings.of(globals()))
+eval_sets = study.eval_sets("asr")
+models = [(llm, None) for llm in speech_llms] + [(llm, lora) for llm in lora_llms]
+runs, walks, summary = [], {}, []
+for llm, adapters in models:
+    run = study.slam(llm, lora=adapters, steps=lora_steps if adapters and lora_steps is not None else None)
+    name = f"{llm} + LoRA" if adapters else llm
+    walk = study.walk(run, study.speech_path(run), pruned_fractions, strategy=healing)
+    runs.append(run)
+    walks[name] = walk.assign(model=name)
+    fraction = study.removable(walk, run)
+    summary.append({"model": name, "layers": run.num_layers,
+                    "parameters (M)": sum(p.numel() for p in run.model.llm.parameters()) / 1e6,
+                    "removable fraction": fraction, "layers removable": round(fraction * run.num_layers),
+                    "LoRA": bool(adapters), "unusable": study.unusable(walk)})
 summary = pd.DataFrame(summary)
 
 # %% [markdown]
@@ -110,20 +105,48 @@ pd.DataFrame(rows).set_index(["model", "pruned"])
 everything = pd.concat(walks.values(), ignore_index=True)
 fig, ax = plt.subplots(figsize=(6.5, 4))
 plots.delta_plot(everything[everything.n > 0], hue="model", ax=ax)
-ax.set_title("Relative WER change along the pruning path (no healing)");
+ax.set_title(f"Relative WER change along the pruning path ({healing} healing)");
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 3.5))
 sns.scatterplot(data=summary, x="parameters (M)", y="removable fraction", hue="model", s=80, ax=ax)
 ax.set(xscale="log", title="Removable fraction vs decoder size", ylim=(-0.02, 0.6));
-ordered = summary.sort_values("parameters (M)")
+ordered = summary[~summary["LoRA"]].sort_values("parameters (M)")  # the scale comparison: frozen decoders
 glue("ch3_smallest", float(ordered["removable fraction"].iloc[0]), display=False)
 glue("ch3_largest", float(ordered["removable fraction"].iloc[-1]), display=False)
-summary.drop(columns="unusable").style.format({"parameters (M)": "{:.1f}", "removable fraction": "{:.1%}"})
+summary.drop(columns=["unusable", "LoRA"]).style.format({"parameters (M)": "{:.1f}", "removable fraction": "{:.1%}"})
 
 # %% [markdown]
 # The smallest decoder of this profile tolerates removing {glue:text}`ch3_smallest:.1%` of its layers, the
 # largest {glue:text}`ch3_largest:.1%`.
+
+# %% [markdown]
+# ## Width of the low-distance region
+#
+# The paper observes that larger models have wider low-distance regions in their maps. For each frozen
+# decoder's map (its speech on the path's validation utterances): the share of its blocks $(\ell, n)$ whose
+# distance is at most $\tau$, for every threshold $\tau$ — a curve that lies higher for a wider region.
+
+# %%
+thresholds = [round(0.02 * i, 2) for i in range(26)]
+frozen_runs = [run for run in runs if not run.lora]
+width = pd.DataFrame([{"model": run.llm, "parameters (M)": sum(p.numel() for p in run.model.llm.parameters()) / 1e6,
+                       "threshold τ": tau, "share of blocks with D ≤ τ": angles.low_distance_share(m, tau)}
+                      for run in frozen_runs for m in [study.speech_angles(run)] for tau in thresholds])
+fig, ax = plt.subplots(figsize=(5.5, 3.5))
+sns.lineplot(data=width, x="threshold τ", y="share of blocks with D ≤ τ", hue="model", ax=ax)
+ax.set_title("Low-distance region of each decoder's map");
+TAU = 0.2
+at_tau = width[width["threshold τ"] == TAU].sort_values("parameters (M)")
+glue("ch3_tau", TAU, display=False)
+glue("ch3_width_smallest", float(at_tau["share of blocks with D ≤ τ"].iloc[0]), display=False)
+glue("ch3_width_largest", float(at_tau["share of blocks with D ≤ τ"].iloc[-1]), display=False)
+at_tau.drop(columns="threshold τ").set_index("model").style.format("{:.1f}", subset=["parameters (M)"]).format(
+    "{:.0%}", subset=["share of blocks with D ≤ τ"])
+
+# %% [markdown]
+# At $\tau$ = {glue:text}`ch3_tau:.2f`, {glue:text}`ch3_width_smallest:.0%` of the smallest decoder's blocks
+# and {glue:text}`ch3_width_largest:.0%` of the largest decoder's lie in the low-distance region.
 
 # %% [markdown]
 # ## This run
@@ -131,28 +154,26 @@ summary.drop(columns="unusable").style.format({"parameters (M)": "{:.1f}", "remo
 # The settings this page was executed with:
 
 # %%
-settings = dict(recipe=recipe, train_limit=train_limit, encoder=encoder, whisper_window=whisper_window,
-                speech_llms=speech_llms, train_steps=train_steps, ctc_steps=ctc_steps, eval_limit=eval_limit,
-                max_new_tokens=max_new_tokens, pruned_fractions=pruned_fractions, corpus=corpus,
-                device=device, seed=seed)
-settings_table(settings)
+settings_table(study.settings.as_dict() | dict(speech_llms=speech_llms, lora_llms=lora_llms, lora=lora,
+                                              lora_steps=lora_steps, healing=healing,
+                                              pruned_fractions=pruned_fractions))
 
 # %% [markdown]
 # ## Verdict
 #
-# Claim 5 of the paper: larger decoders tolerate more pruning. Here (no healing) it holds when the removable
+# Claim 5 of the paper: larger decoders tolerate more pruning. Here (after `healing`) it holds when the removable
 # fraction never decreases with decoder size and the largest decoder tolerates more than the smallest,
-# among the decoders whose unpruned model does better than chance (`evaluation.chance_score`: the better
+# among the frozen decoders whose unpruned model does better than chance (`evaluation.chance_score`: the better
 # of an empty output and another utterance's reference) on every set; with fewer than two of those it is
 # not testable.
 
 # %%
-for llm, walk in walks.items():
-    ceiling = {s: cached_gold_ceiling(llm, "asr", manifests[s], eval_limit, device=device) for s in eval_sets}
-    record_baseline(llm, "frozen decoder", "asr", sweep.baseline_scores(walk), chance, ceiling, recipe=recipe)
+for run, walk in zip(runs, walks.values()):
+    study.record_baseline(run, walk)
 usable = ordered[[not bad for bad in ordered["unusable"]]]
 unusable = "; ".join(describe_unusable(r["model"], r["unusable"]) for _, r in ordered.iterrows() if r["unusable"])
-variant = f"frozen decoders of {', '.join(ordered['model'])}, no healing"
+how = f"{healing} healing, {healing_steps} steps" if healing != "none" else "no healing"
+variant = f"frozen decoders of {', '.join(ordered['model'])}, {how}"
 if len(ordered) < 2:
     glue_verdict(5, None, "the profile has a single decoder", variant=variant, recipe=recipe)
 elif len(usable) < 2:

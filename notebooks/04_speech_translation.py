@@ -33,13 +33,14 @@ whisper_window = "padded"  # Whisper features: "full" (30 s window), "padded" (+
 recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start, the LLM reads its output; book/method.md)
 train_limit = 8192  # ASR models: the first N utterances of the training split only; None uses all of it
 ast_train_limit = 2048  # translation models: the first N utterances of each direction's training split
-ast_encoder = "whisper-base"  # speech encoder of the translation models (Whisper for French input)
+ast_encoder = "whisper-base"  # speech encoder of the translation models: one name, or {direction: name} (others: `encoder`)
 directions = ["en-de", "fr-en"]  # translation directions (corpus splits <direction>-train / -test)
 pruned_fractions = [0.1, 0.2, 0.3, 0.4]  # fractions of decoder layers removed (rounded to whole layers)
 eval_limit = 100  # test utterances decoded per direction and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
-healing = "none"  # after pruning: none, decoder, projector or both (the paper's Table 2 heals both)
-healing_steps = 300  # training steps of each healing run (unused without healing)
+healing = ["none", "both"]  # strategies after pruning (none, decoder, projector, both); the verdict uses the last
+healing_steps = 300  # training steps of each healing run
+path_samples = 64  # utterances whose angles give each path (ASR: the `dev` split; AST: its training split)
 
 # %% [markdown]
 # ## Method of this chapter
@@ -48,11 +49,12 @@ healing_steps = 300  # training steps of each healing run (unused without healin
 #
 # 1. the **AST model**: frozen `ast_encoder`, trained projector, frozen decoder, trained on the direction's
 #    training split with its translation prompt; its **AST-derived path** comes from the angular distances
-#    of its own inputs (64 training utterances, translation prompt);
+#    of its own inputs (`path_samples` training utterances, translation prompt: the corpus has no
+#    translation validation split);
 # 2. the **ASR model** of the same decoder, exactly as chapter 3 trains it (shared through the cache); its
-#    **ASR-derived path** comes from 64 recognition training utterances;
+#    **ASR-derived path** comes from `path_samples` utterances of the recognition validation split `dev`;
 # 3. the AST model pruned along each path at every level of `pruned_fractions` (rounded to whole layers),
-#    healed with `healing`, and scored by greedy decoding of `eval_limit` test utterances (at most
+#    healed with each strategy of `healing`, and scored by greedy decoding of `eval_limit` test utterances (at most
 #    `max_new_tokens` tokens each; corpus BLEU).
 #
 # Where the two paths remove the same block, the pruned models are the same and so is their BLEU (the
@@ -61,74 +63,48 @@ healing_steps = 300  # training steps of each healing run (unused without healin
 # %% tags=["hide-output"]
 import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
-import torch
 from myst_nb import glue
 
-from speechllm_redundancy import angles, plots, sweep
+from speechllm_redundancy import angles, plots
 from speechllm_redundancy.book import glue_verdict, settings_table
-from speechllm_redundancy.cache import key_of
-from speechllm_redundancy.ceilings import cached_gold_ceiling
-from speechllm_redundancy.data import build_corpus
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.evaluation import AST_THRESHOLD, describe_unusable, no_better_than_chance
-from speechllm_redundancy.layers import num_decoder_layers
-from speechllm_redundancy.paths import artifact_path
-from speechllm_redundancy.results import record_baseline
-from speechllm_redundancy.training import TrainConfig, trained_slam
+from speechllm_redundancy.evaluation import AST_THRESHOLD, describe_unusable
+from speechllm_redundancy.experiments import Settings, Study
+from speechllm_redundancy.healing import STRATEGIES, check_strategy
 
-ANGLE_UTTERANCES = 64  # training utterances each path is measured on (as in chapter 3)
-torch.manual_seed(seed)
-manifests = build_corpus(corpus)
-missing = [f"{d}-{s}" for d in directions for s in ("train", "test") if f"{d}-{s}" not in manifests]
-if missing:
-    raise UserError(f"the corpus has no split(s) {missing}: use directions among en-de, fr-en (its splits).")
-
-
-def speech_model(llm, manifest, task, speech_encoder):
-    """A SLAM model shared through the cache (the ASR one is chapter 3's)."""
-    limit = train_limit if task == "asr" else ast_train_limit
-    # a translation from English starts from the ASR model's CTC warm start: the same skill, more speech
-    english = task.startswith("ast-en-") and speech_encoder == encoder
-    return trained_slam(speech_encoder, llm, manifest, task=task, steps=train_steps, seed=seed, recipe=recipe,
-                        ctc_steps=ctc_steps, whisper_window=whisper_window, train_limit=limit, device=device,
-                        warm_start_manifest=manifests["train"] if english else None,
-                        warm_start_limit=train_limit if english else None)
-
-
-walks, paths, matrices = [], [], {}
+study = Study(Settings.of(globals()))
+strategies = [healing] if isinstance(healing, str) else list(healing)
+if not strategies:
+    raise UserError("healing is empty: name at least one strategy (none, decoder, projector, both).")
+for strategy in strategies:
+    check_strategy(strategy)
+encoders = dict(ast_encoder) if isinstance(ast_encoder, dict) else {d: ast_encoder for d in directions}
+walks, paths, matrices, runs = [], [], {}, {}
 for llm in speech_llms:
-    asr_slam, asr_run = speech_model(llm, manifests["train"], "asr", encoder)  # chapter 3's model and path
-    asr_matrix = sweep.speech_angles(asr_slam, manifests["train"], asr_run.key, limit=ANGLE_UTTERANCES)
-    del asr_slam
+    asr_run = study.slam(llm)  # chapter 3's model and path
+    asr_matrix = study.speech_angles(asr_run)
+    del asr_run
     for direction in directions:
-        task, train_split, test_split = f"ast-{direction}", f"{direction}-train", f"{direction}-test"
-        slam, run = speech_model(llm, manifests[train_split], task, ast_encoder)
-        key = run.key
-        ast_matrix = sweep.speech_angles(slam, manifests[train_split], key, limit=ANGLE_UTTERANCES, task=task)
-        num_layers = num_decoder_layers(slam.llm)
-        sizes = sweep.path_sizes(num_layers, pruned_fractions)
-        heal_data, heal_config = run.data, TrainConfig(steps=healing_steps, seed=seed)
+        run = study.slam(llm, f"ast-{direction}", encoder=encoders.get(direction, encoder))
+        ast_matrix = study.speech_angles(run)
         matrices[llm, direction] = ast_matrix, asr_matrix
-        evaluate = sweep.manifest_evaluator(manifests, task, limit=eval_limit, max_new_tokens=max_new_tokens)
         for path_name, matrix in (("AST-derived", ast_matrix), ("ASR-derived", asr_matrix)):
             path = matrix.optimal_path()
-            walk = sweep.walk_path(slam, path, sizes, [test_split], evaluate,
-                                   artifact_path("sweeps", f"{task}-{key}"), strategy=healing,
-                                   heal_data=heal_data, heal_config=heal_config,
-                                   key=key_of(key, eval_limit, max_new_tokens))
-            walks.append(walk.assign(model=llm, direction=direction, path=path_name, layers=num_layers))
+            for strategy in strategies if path_name == "AST-derived" else strategies[-1:]:  # compared on one path
+                walk = study.walk(run, path, pruned_fractions, strategy=strategy)
+                walks.append(walk.assign(model=llm, direction=direction, path=path_name, layers=run.num_layers))
             paths += [{"model": llm, "direction": direction, "path": path_name, "n": n, "start": path[n]}
-                      for n in sizes]
-        del slam
-walks = pd.concat(walks, ignore_index=True)
+                      for n in sorted(set(walk.n) - {0})]
+        runs[llm, direction] = run
+everything = pd.concat(walks, ignore_index=True)
+walks = everything[everything.strategy == strategies[-1]]  # Table 2 and the verdict: the last strategy
 paths = pd.DataFrame(paths)
 
 # %% [markdown]
 # ## Table 2 layout
 #
 # BLEU of the translation model unpruned (–) and with a share of its decoder layers removed along each path
-# (relative change in brackets), per direction.
+# (relative change in brackets), per direction, healed with the last strategy of `healing`.
 
 # %%
 def cell(row):
@@ -168,8 +144,8 @@ for (llm, direction), group in walks.groupby(["model", "direction"], sort=False)
     gap = (ast_scores - asr_scores).abs()
     chosen = starts.loc[(llm, direction)]
     summary.append({"model": llm, "direction": direction, "baseline BLEU": float(ast_scores.loc[0]),
-                    "removable (AST-derived)": sweep.removable(ast_walk, num_layers, "ast"),
-                    "removable (ASR-derived)": sweep.removable(asr_walk, num_layers, "ast"),
+                    "removable (AST-derived)": study.removable(ast_walk, runs[llm, direction]),
+                    "removable (ASR-derived)": study.removable(asr_walk, runs[llm, direction]),
                     "largest BLEU gap": float(gap.max()),
                     "levels with the same block": float(chosen["same block"].mean()),
                     "path agreement (every n)": angles.path_agreement(*matrices[llm, direction])})
@@ -191,17 +167,36 @@ summary.style.format({"baseline BLEU": "{:.2f}", "removable (AST-derived)": "{:.
 # path and {glue:text}`ch4_removable_asr:.1%` along the ASR-derived path (the smaller over directions).
 
 # %% [markdown]
+# ## Healing after pruning
+#
+# The paper (§5.3) finds that translation loses BLEU sharply without healing and that joint healing
+# recovers most of it. BLEU along the AST-derived path for each strategy of `healing` (relative change in
+# brackets):
+
+# %%
+ast_path = everything[(everything.path == "AST-derived") & (everything.n > 0)]
+healed = ast_path.assign(BLEU=ast_path.apply(cell, axis=1)).pivot_table(
+    index=["model", "direction", "n"], columns="strategy", values="BLEU", aggfunc="first")
+healed = healed.reindex(columns=strategies)
+mean_delta = ast_path.replace([float("inf"), float("-inf")], float("nan")).groupby("strategy").delta.mean()
+for strategy in STRATEGIES:  # every one glued (nan where not walked): the text below names two
+    glue(f"ch4_mean_delta_{strategy}", float(mean_delta.get(strategy, float("nan"))), display=False)
+healed
+
+# %% [markdown]
+# Averaged over the levels and directions, the relative BLEU change is
+# {glue:text}`ch4_mean_delta_none:+.1%` without healing and {glue:text}`ch4_mean_delta_both:+.1%` with joint
+# healing (where the profile walks them).
+
+# %% [markdown]
 # ## This run
 #
 # The settings this page was executed with:
 
 # %%
-settings = dict(recipe=recipe, train_limit=train_limit, ast_train_limit=ast_train_limit, encoder=encoder,
-                ast_encoder=ast_encoder, speech_llms=speech_llms, directions=directions,
-                pruned_fractions=pruned_fractions, eval_limit=eval_limit, max_new_tokens=max_new_tokens,
-                healing=healing, healing_steps=healing_steps, train_steps=train_steps, ctc_steps=ctc_steps,
-                whisper_window=whisper_window, corpus=corpus, device=device, seed=seed)
-settings_table(settings)
+settings_table(study.settings.as_dict() | dict(speech_llms=speech_llms, ast_encoder=ast_encoder,
+                                              directions=directions, pruned_fractions=pruned_fractions,
+                                              healing=strategies))
 
 # %% [markdown]
 # ## Verdict
@@ -215,16 +210,13 @@ settings_table(settings)
 
 # %%
 TOLERANCE = 0.02  # largest BLEU gap between the paths, relative to the unpruned BLEU
-chance = {d: sweep.chance_scores(manifests, [f"{d}-test"], f"ast-{d}", eval_limit) for d in directions}
 unusable = []
-for _, r in summary.iterrows():
-    task, test_split = f"ast-{r['direction']}", f"{r['direction']}-test"
-    ceiling = cached_gold_ceiling(r["model"], task, manifests[test_split], eval_limit, device=device)
-    record_baseline(r["model"], "frozen decoder", task, {test_split: r["baseline BLEU"]}, chance[r["direction"]],
-                    ceiling, recipe=recipe)
-    if bad := no_better_than_chance({test_split: r["baseline BLEU"]}, chance[r["direction"]], task):
-        unusable.append(describe_unusable(r["model"], bad, task))
-how = f"with {healing} healing" if healing != "none" else "without healing"
+for (llm, direction), run in runs.items():
+    baseline = walks[(walks.model == llm) & (walks.direction == direction) & (walks.path == "AST-derived")]
+    study.record_baseline(run, baseline)
+    if bad := study.unusable(baseline, run.task):
+        unusable.append(describe_unusable(llm, bad, run.task))
+how = f"{strategies[-1]} healing, {healing_steps} steps" if strategies[-1] != "none" else "without healing"
 variant = f"translation models with frozen decoders of {', '.join(speech_llms)}, {how}"
 if unusable:
     glue_verdict(6, None, "; ".join(unusable), variant=variant, recipe=recipe)

@@ -1,18 +1,18 @@
-"""benchmarks/bench_decoding.py: its three greedy decoders (project, no-cache loop, HF generate) agree token
-for token under mixed caps and a stop id the model writes; the --tiny run prints the speed-up line."""
+"""benchmarks/bench_decoding.py: its greedy decoders (project, its pre-issue-16 full-width self, no-cache
+loop, HF generate) agree token for token under mixed caps and a stop id the model writes; the --tiny run
+prints the speed-up line."""
 
-import importlib.util
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_scripts import ROOT, load_benchmark, script_path
+
 torch.set_num_threads(2)
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_decoding.py"
+SCRIPT = script_path("bench_decoding")
 
 
 @pytest.fixture(autouse=True)
@@ -22,10 +22,7 @@ def _artifacts(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_decoding", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_decoding")
 
 
 def decode_all(bench, model, batch_list):
@@ -33,7 +30,7 @@ def decode_all(bench, model, batch_list):
     return {name: decode() for name, decode in bench.decoders(model, batch_list, show=False).items()}
 
 
-def test_the_three_decoders_agree_with_mixed_caps_and_a_stop_the_model_writes(bench):
+def test_the_decoders_agree_with_mixed_caps_and_a_stop_the_model_writes(bench):
     model, feats = bench.tiny_model(7)
     model.eval()
     batch_list = bench.batches(model, feats, batch_size=4)  # two left-padded batches of unequal lengths
@@ -80,5 +77,6 @@ def test_tiny_run_prints_the_speed_up_line():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert "identical outputs" in proc.stdout
-    assert [ln.split("|")[0].strip() for ln in lines if "|" in ln][1:] == ["project", "no-cache", "generate"]
+    names = [ln.split("|")[0].strip() for ln in lines if "|" in ln][1:]
+    assert names == ["project", "full-width", "no-cache", "generate"]
     assert re.fullmatch(r"decoding speed-up: vs no-cache \d+\.\d×, vs generate \d+\.\d×", lines[-1])

@@ -94,6 +94,7 @@ TINY = {
     "size": "smoke",
     "train": 10,
     "test": 3,
+    "dev": 3,
     "ast_train": 4,
     "ast_test": 2,
     "real": False,
@@ -121,6 +122,7 @@ def test_every_split_is_built_and_valid(built):
         "test-clean": 3,
         "test-other": 3,
         "dev-ood": 3,
+        "dev": 3,
         "en-de-train": 4,
         "en-de-test": 2,
         "fr-en-train": 4,
@@ -217,17 +219,28 @@ def test_changed_settings_redo_only_changed_utterances(built, tmp_path):
     assert 0 < len(remade) < len(wavs)  # the voice changed for some utterances only
 
 
+def test_the_validation_split_leaves_every_other_split_as_it_was():
+    """`dev` is drawn last: a corpus built before it existed keeps its sentences (and so its audio)."""
+    pools = make_pools()
+    without = plan_texts(CorpusConfig(**{**TINY, "dev": 0}), pools)
+    with_dev = plan_texts(CorpusConfig(**TINY), pools)
+    assert len(with_dev["dev"]) == 3 and without.get("dev", []) == []
+    assert {s: p for s, p in with_dev.items() if s != "dev"} == {s: p for s, p in without.items() if s != "dev"}
+    used = {it.text for s, p in with_dev.items() if s != "dev" for it in p}
+    assert not used & {it.text for it in with_dev["dev"]}
+
+
 def test_oov_selection_and_report(built):
     out, _ = built
     summary = json.loads((out / "corpus.json").read_text())
-    assert set(summary["oov"]) == {"test-clean", "test-other", "dev-ood", "en-de-test", "fr-en-test"}
+    assert set(summary["oov"]) == {"test-clean", "test-other", "dev-ood", "dev", "en-de-test", "fr-en-test"}
     assert 0 <= summary["oov"]["test-clean"] <= 1
     # with a training set that covers the vocabulary, selection honours the budget
     pools = make_pools(n_english=400)
     plan = plan_texts(CorpusConfig(**{**TINY, "train": 300, "test": 20, "max_oov": 0.0}), pools)
     vocab = {w for it in plan["train"] for w in words(it.text)}
-    for split in ("test-clean", "test-other", "dev-ood"):
-        assert len(plan[split]) == 20
+    for split in ("test-clean", "test-other", "dev-ood", "dev"):
+        assert len(plan[split]) == (20 if split != "dev" else 3)
         assert all(w in vocab for it in plan[split] for w in words(it.text))
 
 
@@ -297,7 +310,7 @@ def test_config_from_names_yaml_and_errors(tmp_path):
     with pytest.raises(UserError, match="corpus.train must be a non-negative integer"):
         corpus_config({"train": -1})
     with pytest.raises(UserError, match="unknown split"):
-        corpus_config({"splits": {"dev": {}}})
+        corpus_config({"splits": {"validation": {}}})
 
 
 def test_paper_profile_shorthand_reads_real_corpora(tmp_path):
@@ -313,6 +326,7 @@ def test_paper_profile_shorthand_reads_real_corpora(tmp_path):
     )
     assert cfg.splits["train"]["subsets"] == ["train-clean-100", "train-clean-360", "train-other-500"]
     assert cfg.splits["dev-ood"] == {"reader": "loquacious", "root": "/data/loq", "split": "dev"}
+    assert cfg.splits["dev"] == {"reader": "librispeech", "root": "/data/LS", "subsets": "dev-clean"}
     assert cfg.splits["fr-en-test"]["tsv"] == "/data/covost/covost_v2.fr_en.tsv"
     assert cfg.splits["test-other"]["reader"] == "manifest"  # explicit splits win
     with pytest.raises(UserError, match="common_voice_fr"):

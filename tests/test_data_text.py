@@ -106,6 +106,7 @@ def test_default_plan_is_disjoint_and_within_oov_target(pools):
         "test-clean": 200,
         "test-other": 200,
         "dev-ood": 200,
+        "dev": 200,
         "en-de-train": 5000,
         "en-de-test": 200,
         "fr-en-train": 5000,
@@ -121,5 +122,5 @@ def test_default_plan_is_disjoint_and_within_oov_target(pools):
     assert len({it.text for it in plan["train"]}) == 20000  # all distinct sentences
     vocab = {w for it in plan["train"] for w in words(it.text)}
     assert len(vocab) > 15000
-    for split in ASR_TEST_SPLITS:
+    for split in (*ASR_TEST_SPLITS, "dev"):
         assert oov_rate([it.text for it in plan[split]], vocab) <= 0.03

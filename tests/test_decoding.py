@@ -1,4 +1,5 @@
-"""Greedy decoding with the KV cache: batched = batch size 1 = no-cache recomputation; caps and stops."""
+"""Greedy decoding with the KV cache: batched (rows leaving and joining the batch) = batch size 1 = no-cache
+recomputation = HF ``generate``, on a Llama- and a Qwen2-shaped decoder; caps and stops; the in-place cache."""
 
 import pytest
 import torch
@@ -141,6 +142,27 @@ def test_generate_mixed_tasks_with_different_stops_is_independent_of_batching():
     assert model.generate(f[::-1], task=tasks[::-1], batch_size=4, max_new_tokens=12) == one[::-1]
 
 
+def test_generate_refills_batch_size_rows_from_a_chunk_of_many(monkeypatch):
+    """generate hands the decoder DECODE_CHUNK batches' worth of rows (by length) with width = batch_size,
+    so a row that ends is replaced at once instead of its batch waiting for the slowest row."""
+    import speechllm_redundancy.decoding as decoding
+    from speechllm_redundancy.slam import DECODE_CHUNK
+
+    calls, real = [], decoding.greedy
+
+    def spy(llm, embeds, mask, caps, *args, **kwargs):
+        calls.append((len(caps), kwargs["width"]))
+        return real(llm, embeds, mask, caps, *args, **kwargs)
+
+    monkeypatch.setattr(decoding, "greedy", spy)
+    model, f = make(), feats(*range(3, 3 + 4 * (DECODE_CHUNK + 2), 4))
+    model.generate(f, batch_size=1, max_new_tokens=3)
+    assert calls == [(DECODE_CHUNK, 1), (2, 1)]
+    calls.clear()
+    model.generate(f, batch_size=2, max_new_tokens=3)
+    assert calls == [(DECODE_CHUNK + 2, 2)]
+
+
 def test_generate_caps_each_row_by_its_task_output_ratio(monkeypatch):
     """The cap is CAP_SLACK + ratio × speech positions, the ratio by task (German outruns its English source)."""
     import speechllm_redundancy.decoding as decoding
@@ -171,3 +193,160 @@ def test_generate_caps_each_row_by_its_task_output_ratio(monkeypatch):
     assert seen == [5]
     with pytest.raises(UserError, match="tokens_per_frame"):
         model.generate(f, "asr", tokens_per_frame=0)
+
+
+# -- a Llama- and a Qwen2-shaped decoder (sliding-window layers), rows ending at very different steps ------
+
+def token_rows(llm, lengths, seed=1):
+    """Left-padded embeddings and mask of random token rows (as SlamModel feeds projected speech)."""
+    from redundancy_tiny import random_batch
+
+    batch = random_batch(lengths, side="left", seed=seed)
+    return llm.get_input_embeddings()(batch["input_ids"]).detach(), batch["attention_mask"]
+
+
+def hf_greedy(llm, embeds, cap, stop, pad_id):
+    """Hugging Face ``generate`` from one unpadded row's embeddings, stopping at (and keeping) ``stop``."""
+    if cap == 0:
+        return []
+    out = llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                       do_sample=False, max_new_tokens=cap, eos_token_id=[stop], pad_token_id=pad_id)
+    return out[0].tolist()
+
+
+def spread_stop(free, caps):
+    """A token some rows write early, some late and some (with room to run) never, so rows end far apart."""
+    firsts = {t: [r.index(t) if t in r else None for r in free] for r in free for t in r}
+    never = {t: sum(f is None and c > 1 for f, c in zip(fs, caps)) for t, fs in firsts.items()}
+    spread = {t: max(f for f in fs if f is not None) - min(f for f in fs if f is not None)
+              for t, fs in firsts.items()}
+    return max((t for t in firsts if never[t]), key=lambda t: (spread[t], t))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_batched_equals_batch_size_one_and_hf_generate_with_rows_ending_far_apart(kind):
+    """Rows stopping at steps far apart, rows running to their cap (1 to 40) and a row with none, in one
+    batch: the batched decoder (rows leaving as they end, others joining at a narrower width) writes what
+    batch size 1 and HF ``generate`` do."""
+    from redundancy_tiny import COMMON, tiny_llama, tiny_qwen2
+
+    llm = (tiny_llama if kind == "llama" else tiny_qwen2)(layers=3)
+    lengths, caps, pad = [3, 17, 9, 30, 5, 12], [40, 40, 1, 40, 0, 25], COMMON["pad_token_id"]
+    embeds, mask = token_rows(llm, lengths)
+    free = greedy(llm, embeds, mask, caps, set(), pad)
+    assert [len(r) for r in free] == caps and len({tuple(r[:5]) for r in free if r}) == 5
+    stop = spread_stop(free, caps)
+    expected = [r[: r.index(stop) + 1] if stop in r else r for r in free]
+    ends = sorted(len(e) for e, r in zip(expected, free) if stop in r)
+    capped = [len(e) == c > 1 for e, c, r in zip(expected, caps, free) if stop not in r]
+    assert ends[-1] - ends[0] >= 20 and any(capped)
+    for width in (None, 3, 2, 1):  # all rows at once, or the next rows joining as others end
+        assert greedy(llm, embeds, mask, caps, {stop}, pad, keep_stop=True, width=width) == expected, width
+    one = [greedy(llm, embeds[i : i + 1, -n:], mask[i : i + 1, -n:], [c], {stop}, pad, keep_stop=True)[0]
+           for i, (n, c) in enumerate(zip(lengths, caps))]
+    assert one == expected
+    hf = [hf_greedy(llm, embeds[i : i + 1, -n:], c, stop, pad) for i, (n, c) in enumerate(zip(lengths, caps))]
+    assert hf == expected
+
+
+def test_a_plain_dynamic_cache_decodes_the_same(monkeypatch):
+    """Where transformers' DynamicCache cannot take the roomy layers, rows leave and join a plain one."""
+    import speechllm_redundancy.decoding as decoding
+    from redundancy_tiny import COMMON, tiny_qwen2
+
+    llm = tiny_qwen2(layers=2)
+    embeds, mask = token_rows(llm, [3, 17, 9, 30, 5, 12])
+    caps, pad = [30, 12, 1, 30, 0, 25], COMMON["pad_token_id"]
+    free = greedy(llm, embeds, mask, caps, set(), pad)
+    stop = spread_stop(free, caps)
+    roomy = [greedy(llm, embeds, mask, caps, {stop}, pad, width=w) for w in (None, 2)]
+    monkeypatch.setattr(decoding, "_cache", lambda room: None)
+    assert [greedy(llm, embeds, mask, caps, {stop}, pad, width=w) for w in (None, 2)] == roomy
+    assert roomy[0] == roomy[1] != free
+
+
+def test_finished_rows_leave_the_batch(monkeypatch):
+    """Each forward runs only the rows still decoding (a row with cap 0 is not even prefilled): the batch
+    never waits at full width for its slowest row, and no step is spent on a finished one."""
+    from redundancy_tiny import COMMON, tiny_llama
+
+    llm = tiny_llama(layers=2)
+    embeds, mask = token_rows(llm, [4, 11, 7, 9])
+    caps = [3, 0, 12, 7]
+    widths, real = [], llm.forward
+
+    def spy(*args, **kwargs):
+        widths.append(kwargs["attention_mask"].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "forward", spy)
+    out = greedy(llm, embeds, mask, caps, set(), COMMON["pad_token_id"])
+    assert [len(r) for r in out] == caps
+    # prefill: 3 rows; after token 3 two rows remain, after token 7 one; the last token needs no forward
+    assert widths == [3] * 3 + [2] * 4 + [1] * 5
+    assert sum(widths) == sum(caps)  # one row-forward per token written (the prefill yields the first)
+
+
+def test_waiting_rows_join_as_others_end(monkeypatch):
+    """With ``width``, a row that ends is replaced by the next waiting one (prefilled alone, then decoded
+    with the rest): every step runs as many rows as are left to run, up to the width, and columns that
+    have become padding for every row leave the cache."""
+    from redundancy_tiny import COMMON, tiny_llama
+
+    llm = tiny_llama(layers=2)
+    embeds, mask = token_rows(llm, [4, 11, 7, 9, 6])
+    caps = [3, 0, 6, 4, 2]
+    calls, real = [], llm.forward
+
+    def spy(*args, **kwargs):
+        calls.append(("prefill" if "inputs_embeds" in kwargs else "step", kwargs["attention_mask"].shape[0]))
+        assert kwargs["attention_mask"].any(0).all()  # no column is padding for every row: none is kept
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "forward", spy)
+    out = greedy(llm, embeds, mask, caps, set(), COMMON["pad_token_id"], width=2)
+    assert [len(r) for r in out] == caps
+    # rows 0 and 2 start; row 3 joins once row 0 has its 3 tokens, row 4 once row 3 has its 4
+    assert calls == [("prefill", 2), ("step", 2), ("step", 2), ("step", 1), ("prefill", 1), ("step", 2),
+                     ("step", 2), ("step", 1), ("prefill", 1), ("step", 1)]
+    assert sum(width for _, width in calls) == sum(caps)
+
+
+def test_the_cache_appends_in_place_and_selects_and_joins_rows():
+    """The roomy cache returns what concatenation would, writes each step into one buffer (no copy per
+    step), keeps chosen rows and drops leading columns, appends rows right-aligned (the shorter side
+    zero-padded on the left), and grows past its reserved room if asked to."""
+    from speechllm_redundancy.decoding import _cache
+
+    g = torch.Generator().manual_seed(0)
+
+    def kv(rows, n):
+        k = torch.randn(rows, 2, n, 3, generator=g)
+        return k, -k
+
+    def pad(t, width):
+        return torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))
+
+    cache, ref, buffers = _cache(room=10), None, set()
+    for n in (5, 1, 1):
+        k, v = kv(4, n)
+        got = cache.update(k, v, 0)
+        ref = k if ref is None else torch.cat([ref, k], -2)
+        assert torch.equal(got[0], ref) and torch.equal(got[1], -ref)
+        buffers.add(got[0].untyped_storage().data_ptr())
+    layer = cache.layers[0]
+    assert len(buffers) == 1 and type(layer).__name__ == "RoomyLayer"
+    rows = torch.tensor([0, 2, 3])
+    layer.select(rows, drop=2)
+    ref = ref[rows][:, :, 2:]
+    assert torch.equal(layer.keys, ref) and cache.get_seq_length() == 5
+    for more in (7, 3, 9):  # wider than the batch (it is left-padded), narrower (the newcomers are), wider
+        other = _cache(room=more)
+        other.update(*kv(2, more), 0)
+        layer.join(other.layers[0])
+        width = max(ref.shape[-2], more)
+        ref = torch.cat([pad(ref, width), pad(other.layers[0].keys, width)])
+        assert torch.equal(layer.keys, ref) and torch.equal(layer.values, -ref)
+    k, v = kv(9, 12)  # past the room reserved
+    got = cache.update(k, v, 0)
+    assert torch.equal(got[0], torch.cat([ref, k], -2)) and cache.get_seq_length() == 21

@@ -7,11 +7,19 @@ import pytest
 import torch
 
 from redundancy_tiny import random_batch, tiny_llama
+from slam_tiny import save_tiny_wavlm, tiny_llm, write_manifest_dir
 from speechllm_redundancy import efficiency
-from speechllm_redundancy.efficiency import PeakMemory, greedy_run, ideal_saving, measure_efficiency
+from speechllm_redundancy.efficiency import (PeakMemory, greedy_run, ideal_saving, measure_efficiency,
+                                             measure_speech_llm, speech_llm_run)
 from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.layers import decoder_layers
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
 
 
 def test_peak_memory_sees_a_transient_cpu_allocation():
@@ -70,11 +78,34 @@ def test_measure_efficiency_frame():
     assert (frame["prefill_s"] > 0).all() and (frame["decode_tokens_per_s"] > 0).all()
     if frame.loc[0, "memory_method"] != "unavailable":
         assert (frame["decode_peak_bytes"] >= frame["parameter_bytes"]).all()
+        removed = frame.loc[0, ["parameter_bytes", "kv_cache_bytes"]] - frame.loc[2, ["parameter_bytes",
+                                                                                   "kv_cache_bytes"]]
+        assert frame.loc[2, "ideal_decode_peak_bytes"] == frame.loc[0, "decode_peak_bytes"] - removed.sum()
     custom = measure_efficiency(model, (0.25,), path={1: 0}, prompt_tokens=4, new_tokens=2, repeats=1,
                                 progress=False)
     assert custom["start"].tolist() == [0, 0]
     with pytest.raises(UserError):
         measure_efficiency(model, (1.0,), progress=False)
+
+
+def test_efficiency_reports_the_median_and_the_spread_of_the_repeats(monkeypatch):
+    # (prefill, decode) seconds per call: each row's warm-up, then its three repeats
+    seconds = iter([9.0, 9.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0,  # unpruned: prefill 2, 4, 6
+                    9.0, 9.0, 1.0, 1.0, 3.0, 2.0, 2.0, 3.0])  # pruned: prefill 1, 3, 2
+
+    def fake_run(model, ids, new_tokens, device):
+        mem = PeakMemory(device)
+        return {"prefill_s": next(seconds), "decode_s": next(seconds), "prefill_cpu_s": 1.0,
+                "decode_cpu_s": 1.0, "prefill_mem": mem, "decode_mem": mem, "kv_cache_bytes": 0,
+                "tokens": None}
+
+    monkeypatch.setattr(efficiency, "greedy_run", fake_run)
+    frame = measure_efficiency(tiny_llama(layers=4), (0.0, 0.5), repeats=3, progress=False)
+    assert frame.loc[0, ["prefill_s", "prefill_min_s", "prefill_max_s"]].tolist() == [4.0, 2.0, 6.0]
+    assert frame.loc[1, "prefill_s"] == 2.0 and frame.loc[1, "prefill_saving"] == pytest.approx(1 - 2 / 4)
+    assert frame.loc[1, "prefill_saving_low"] == pytest.approx(1 - 3 / 2)  # slowest pruned, fastest unpruned
+    assert frame.loc[1, "prefill_saving_high"] == pytest.approx(1 - 1 / 6)
+    assert frame.loc[1, "decode_s"] == 2.0 and frame.loc[0, "decode_s"] == 5.0
 
 
 def test_parameter_and_cache_bytes_helpers():
@@ -83,3 +114,77 @@ def test_parameter_and_cache_bytes_helpers():
                                                                     for b in model.buffers())
     assert efficiency.parameter_bytes(model) == expected
     assert efficiency.cache_bytes(None) == 0
+
+
+# --- the whole SpeechLLM ------------------------------------------------------------------------------
+
+
+def tiny_speech_llm(tmp_path, layers=4):
+    from speechllm_redundancy.encoders import SpeechEncoder
+    from speechllm_redundancy.slam import SlamConfig, SlamModel
+
+    encoder = SpeechEncoder.from_name(save_tiny_wavlm(tmp_path / "wavlm"), device="cpu")
+    llm, tok = tiny_llm(layers=layers)
+    torch.manual_seed(1)
+    config = SlamConfig(encoder=encoder.path, llm="tiny", encoder_dim=encoder.dim, projector_hidden=32)
+    slam = SlamModel(config, llm, tok)
+    manifest = write_manifest_dir(tmp_path / "audio", durations=(0.6, 1.1, 0.8),
+                                  texts=["ab", "hello", "a b c d"])
+    return slam, encoder, manifest
+
+
+def test_one_utterance_runs_encoder_prefill_and_the_asked_decoding(tmp_path):
+    slam, encoder, _ = tiny_speech_llm(tmp_path)
+    wave = torch.randn(16000)
+    run = speech_llm_run(slam, encoder, wave, "asr", 5, torch.device("cpu"))
+    assert run["tokens"] == 5 and min(run["encode"], run["prefill"], run["decode"]) > 0
+    assert run["total"] == pytest.approx(run["encode"] + run["prefill"] + run["decode"])
+    cfg = slam.llm.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    per_position = 2 * cfg.num_key_value_heads * head_dim * 4 * 4  # k and v, float32, 4 layers
+    assert run["kv_cache_bytes"] == per_position * (run["prompt_tokens"] + 4)  # the last token: not fed back
+    expected = slam.embed_batch(encoder.encode([wave]), "asr", padding_side="left")["inputs_embeds"].shape[1]
+    assert run["prompt_tokens"] == expected
+
+
+def test_speech_llm_is_timed_from_audio_with_paired_repeats(tmp_path, monkeypatch):
+    slam, encoder, manifest = tiny_speech_llm(tmp_path)
+    calls = []
+    encode = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda waves: calls.append(len(waves)) or encode(waves))
+    frame = measure_speech_llm(slam, manifest, (0.5,), limit=2, repeats=2, encoder=encoder, progress=False)
+    assert len(calls) == 2 * (1 + 2 * 2)  # per model: a warm-up, then 2 utterances x 2 repeats, from audio
+    assert frame["removed"].tolist() == [0, 2] and frame["start"].tolist() == [0, 1]
+    assert len(decoder_layers(slam.llm)) == 4  # the original is untouched
+    lengths = [len(slam.layout.target_ids(t, slam.config.max_target_tokens)) for t in ("ab", "hello")]
+    assert frame["new_tokens"].tolist() == [sum(lengths)] * 2  # the same work for both models
+    unpruned = frame.loc[0]
+    assert unpruned["total_saving"] == 0
+    assert unpruned["total_saving_low"] <= 0 <= unpruned["total_saving_high"]
+    pruned = frame.loc[1]
+    assert pruned["total_saving_low"] <= pruned["total_saving"] <= pruned["total_saving_high"]
+    assert pruned["total_saving"] == pytest.approx(1 - pruned["total_s"] / frame.loc[0, "total_s"])
+    assert pruned["total_min_s"] <= pruned["total_s"] <= pruned["total_max_s"]
+    assert frame.loc[0, "kv_cache_bytes"] == 2 * pruned["kv_cache_bytes"]
+    assert 0 < pruned["ideal_total_saving"] < pruned["ideal_prefill_saving"] < 0.5
+    assert frame.loc[0, "ideal_total_saving"] == 0
+    if pruned["memory_method"] != "unavailable":
+        removed = frame.loc[0, "parameter_bytes"] - pruned["parameter_bytes"] + pruned["kv_cache_bytes"]
+        assert pruned["ideal_peak_bytes"] == frame.loc[0, "peak_bytes"] - removed
+
+
+def test_speech_llm_timing_is_cached_by_its_inputs(tmp_path, monkeypatch):
+    slam, encoder, manifest = tiny_speech_llm(tmp_path)
+    made = []
+
+    def fake(slam, manifest, fractions, **kw):
+        made.append(kw)
+        return pd.DataFrame([{"removed": 0, "total_s": 1.5}])
+
+    monkeypatch.setattr(efficiency, "measure_speech_llm", fake)
+    first = efficiency.cached_speech_llm_efficiency(slam, "k1", manifest, [0.5], limit=2, repeats=2)
+    again = efficiency.cached_speech_llm_efficiency(slam, "k1", manifest, [0.5], limit=2, repeats=2)
+    efficiency.cached_speech_llm_efficiency(slam, "k2", manifest, [0.5], limit=2, repeats=2)
+    efficiency.cached_speech_llm_efficiency(slam, "k1", manifest, [0.5], limit=2, repeats=3)
+    assert len(made) == 3 and made[0] == {"limit": 2, "repeats": 2, "task": "asr", "device": "cpu"}
+    assert first.equals(again) and again.loc[0, "total_s"] == 1.5

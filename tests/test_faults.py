@@ -137,6 +137,11 @@ def test_a_profile_naming_an_unknown_model_or_chapter_is_refused_before_running(
     with pytest.raises(UserError, match=r"`chapters.03_asr_across_scales.encoder`: no such directory: "
                                         r"./nope/enc"):
         book.validate_profile(path)
+    per_direction = {"04_speech_translation": {"ast_encoder": {"fr-en": "tiny-whisperr"}}}
+    path = book.load_profile(write_profile(tmp_path, chapters=per_direction))
+    with pytest.raises(UserError, match=r"`chapters.04_speech_translation.ast_encoder.fr-en`: unknown model name "
+                                        r"'tiny-whisperr'"):
+        book.validate_profile(path)
     chapter = book.load_profile(write_profile(tmp_path, chapters={"06_nope": {}}))
     with pytest.raises(UserError, match=r"names chapters \['06_nope'\] that do not exist: use notebook "
                                         r"stems"):

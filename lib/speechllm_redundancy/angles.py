@@ -186,6 +186,20 @@ def path_agreement(a: AngleMatrix | Mapping[int, int], b: AngleMatrix | Mapping[
     return sum(pa[n] == pb[n] for n in common) / len(common)
 
 
+def pruned_block_distance(m: AngleMatrix) -> float:
+    """Mean D(l*(n), n) over the block sizes of a map's optimal path: how close the blocks it would prune
+    are (the paper's number for comparing text, SLAM and LoRA maps)."""
+    return float(np.mean([m.distance(start, n) for n, start in m.optimal_path().items()]))
+
+
+def low_distance_share(m: AngleMatrix, threshold: float) -> float:
+    """Share of a map's blocks (l, n ≥ 1) whose distance D(l, n) is at most ``threshold``: the width of its
+    low-distance region, comparable across decoders of different depths."""
+    values = m.distances[:, 1:]
+    values = values[~np.isnan(values)]
+    return float(np.mean(values <= threshold)) if values.size else float("nan")
+
+
 def removed_overlap(a: AngleMatrix | Mapping[int, int],
                     b: AngleMatrix | Mapping[int, int]) -> dict[int, float]:
     """{n: Jaccard overlap of the layer sets each path removes at block size n}."""
@@ -482,6 +496,27 @@ class SpeechBatches:
     def __iter__(self):
         for i in range(0, len(self.features), self.batch_size):
             yield self.slam.embed_batch(self.features[i:i + self.batch_size], self.task)
+
+
+class GoldTextBatches:
+    """``SpeechBatches``' twin with each utterance's transcript (as token embeddings) in the speech slot: the
+    same layout, soft prompt and read position, so its map differs from the speech map only in the input."""
+
+    def __init__(self, slam, manifest, *, task: str = "asr", batch_size: int = 8, limit: int | None = None):
+        from speechllm_redundancy.data.manifest import read_manifest
+
+        self.slam, self.task, self.batch_size = slam, task, batch_size
+        utts = read_manifest(manifest)[: limit or None]
+        if not utts:
+            raise UserError(f"{manifest} lists no utterances: give a manifest with at least one.")
+        self.texts = sorted((u.text for u in utts), key=len)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.texts) / self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.texts), self.batch_size):
+            yield self.slam.embed_text_batch(self.texts[i:i + self.batch_size], self.task)
 
 
 def _cmd_angles(args) -> int:

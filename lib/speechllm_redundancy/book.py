@@ -192,12 +192,16 @@ def validate_profile(profile: Profile, stems: list[str] | None = None) -> None:
 
 def profile_model_names(profile: Profile) -> list[tuple[str, str]]:
     """(where, name) of every model the profile names: its `models` list and the parameters called
-    `encoder`, `*_encoder` or `*_llms` (the notebooks' convention for model names)."""
+    `encoder`, `*_encoder` or `*_llms` (the notebooks' convention for model names) — a list, or a mapping
+    (e.g. one encoder per translation direction) whose values are names."""
     found = [("models", m) for m in profile.models]
     sections = [("common", profile.common), *((f"chapters.{s}", p) for s, p in profile.chapters.items())]
     for prefix, params in sections:
         for key, value in params.items():
             if key == "encoder" or key.endswith(("_encoder", "_llms")):
+                if isinstance(value, dict):
+                    found += [(f"{prefix}.{key}.{k}", str(v)) for k, v in value.items() if v is not None]
+                    continue
                 values = value if isinstance(value, list) else [value]
                 found += [(f"{prefix}.{key}", str(v)) for v in values if v is not None]
     return found

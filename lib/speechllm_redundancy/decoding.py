@@ -1,11 +1,16 @@
 """Greedy decoding from input embeddings with the KV cache, batched with left padding.
 
 Position ids are passed explicitly (running count of real tokens), so a row's result is the same
-whatever padding its batch needed — the test compares batched output with batch size 1.
+whatever padding its batch needed — the tests compare batched output with batch size 1 and HF ``generate``.
+A row leaves the batch (and its KV cache) as soon as it ends; with ``width`` the next waiting rows take its
+place, so the decoder keeps running full steps instead of waiting at a narrowing width for its slowest row.
+The cache is written in place into room reserved for the decode (``DynamicLayer`` re-copies each layer's
+cache at every step to append one position).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 from typing import Iterable, Sequence
@@ -21,44 +26,201 @@ def _cache_kwarg(llm) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
+@functools.cache  # one class, built on first use (transformers imports slowly)
+def _roomy_layer_class():
+    """A ``DynamicLayer`` whose keys/values are a view ``[start:end]`` of a buffer with room to spare: a step
+    writes one column in place instead of copying the cache, dropping leading columns moves ``start``, and
+    rows are selected or appended (left-padded with zeros) by one copy of the buffer."""
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        def __init__(self, room: int):
+            super().__init__()
+            self.room, self.start, self.end, self._k, self._v = room, 0, 0, None, None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            new = key_states.shape[-2]
+            if self._k is None or self.end + new > self._k.shape[-2]:
+                self._move(key_states, 0, max(self.room, 2 * (self.end - self.start + new)))
+            self._k[:, :, self.end : self.end + new] = key_states
+            self._v[:, :, self.end : self.end + new] = value_states
+            self.end += new
+            return self._views()
+
+        def _views(self):
+            span = slice(self.start, self.end)
+            self.keys, self.values = self._k[:, :, span], self._v[:, :, span]
+            return self.keys, self.values
+
+        def _move(self, like, left: int, room: int):
+            """Re-home the columns in a new buffer of ``room``, ``left`` zero columns before them."""
+            cols = self.end - self.start
+            k, v = (like.new_zeros(*like.shape[:2], room, like.shape[-1]) for _ in range(2))
+            if self._k is not None:
+                k[:, :, left : left + cols], v[:, :, left : left + cols] = self.keys, self.values
+            self._k, self._v, self.start, self.end = k, v, 0, left + cols
+
+        def select(self, rows: torch.Tensor, drop: int):
+            """Keep ``rows`` and all but the first ``drop`` columns."""
+            self._k, self._v = self._k.index_select(0, rows), self._v.index_select(0, rows)
+            self.start += drop
+            self._views()
+
+        def batch_select_indices(self, indices: torch.Tensor):
+            self.select(indices, 0)
+
+        def join(self, other: RoomyLayer):
+            """Append the rows of ``other``, right-aligned with these (the shorter side left-padded)."""
+            cols, more = self.end - self.start, other.end - other.start
+            if more > cols:
+                self._widen(more - cols)
+            k, v = (buf.new_zeros(len(other.keys), *buf.shape[1:]) for buf in (self._k, self._v))
+            k[:, :, self.end - more : self.end], v[:, :, self.end - more : self.end] = other._views()
+            self._k, self._v = torch.cat([self._k, k]), torch.cat([self._v, v])
+            self._views()
+
+        def _widen(self, extra: int):
+            """``extra`` zero columns before the current ones."""
+            if self.start >= extra:
+                self.start -= extra
+                self._k[:, :, self.start : self.start + extra] = 0
+                self._v[:, :, self.start : self.start + extra] = 0
+            else:
+                self._move(self._k, extra, max(self._k.shape[-2], self.end - self.start + extra + self.room))
+            self._views()
+
+    return RoomyLayer
+
+
+def _cache(room: int):
+    """A DynamicCache whose layers reserve ``room`` positions, or None where transformers builds its layers
+    differently (then ``greedy`` uses a plain DynamicCache: the same results, only slower)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache()
+    if getattr(cache, "layer_class_to_replicate", None) is not DynamicLayer or cache.layers:
+        return None
+    cache.layer_class_to_replicate = functools.partial(_roomy_layer_class(), room)
+    return cache
+
+
+class _Batch:
+    """The rows decoding together: their batch indices, KV cache, attention mask, next positions, logits."""
+
+    def __init__(self, llm, room: int):
+        self.llm, self.room, self.kwarg = llm, room, _cache_kwarg(llm)
+        self.rows = self.cache = self.mask = self.pos = self.logits = None
+
+    def __len__(self):
+        return 0 if self.rows is None else len(self.rows)
+
+    def join(self, rows: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor):
+        """Prefill ``rows`` (their common left padding dropped) and add them to the batch."""
+        first = int(mask.any(0).int().argmax())
+        embeds, mask = embeds[:, first:], mask[:, first:]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        first_rows = not len(self)  # later rows are copied into the batch's cache: no room to spare
+        cache = _cache(self.room if first_rows else mask.shape[1]) or _plain_cache()
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                          logits_to_keep=1, **{self.kwarg: cache}).logits[:, -1]
+        if first_rows:
+            self.rows, self.cache, self.mask, self.pos = rows, cache, mask, positions[:, -1:] + 1
+            self.logits = logits
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            _join_layer(mine, theirs)
+        self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(mask, width)])
+        self.rows, self.pos = torch.cat([self.rows, rows]), torch.cat([self.pos, positions[:, -1:] + 1])
+        self.logits = torch.cat([self.logits, logits])
+
+    def keep(self, stay: torch.Tensor):
+        """Only the rows ``stay`` go on; columns now padding for every row are dropped."""
+        self.rows, self.mask, self.pos, self.logits = (t[stay] for t in
+                                                       (self.rows, self.mask, self.pos, self.logits))
+        if not len(stay):
+            return
+        drop = int(self.mask.any(0).int().argmax())
+        self.mask = self.mask[:, drop:]
+        for layer in self.cache.layers:
+            _select_layer(layer, stay, drop)
+
+    def step(self, nxt: torch.Tensor):
+        """Feed each row its token; the logits of the next one."""
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.logits = self.llm(input_ids=nxt[:, None], attention_mask=self.mask, position_ids=self.pos,
+                               use_cache=True, **{self.kwarg: self.cache}).logits[:, -1]
+        self.pos = self.pos + 1
+
+
+def _plain_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (width - t.shape[-1], 0))
+
+
+def _select_layer(layer, rows: torch.Tensor, drop: int):
+    """``RoomyLayer.select`` on either kind of layer."""
+    if hasattr(layer, "select"):
+        return layer.select(rows, drop)
+    layer.keys, layer.values = layer.keys[rows, :, drop:], layer.values[rows, :, drop:]
+
+
+def _join_layer(layer, other):
+    """``RoomyLayer.join`` on either kind of layer."""
+    if hasattr(layer, "join"):
+        return layer.join(other)
+    width = max(layer.keys.shape[-2], other.keys.shape[-2])
+
+    def pad(t):
+        return torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))
+
+    layer.keys = torch.cat([pad(layer.keys), pad(other.keys)])
+    layer.values = torch.cat([pad(layer.values), pad(other.values)])
+
+
 @torch.inference_mode()
 def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | Sequence[int],
-           stop_ids: Iterable[int | None], pad_id: int, keep_stop: bool = False) -> list[list[int]]:
+           stop_ids: Iterable[int | None], pad_id: int, keep_stop: bool = False,
+           width: int | None = None) -> list[list[int]]:
     """Generate token ids per row until a stop id or the row's token cap. The stop token itself is
     returned only with ``keep_stop`` (a stop *string* may share its token with text, e.g. '."').
 
     ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L) must be left-padded (real tokens last).
+    ``width``: at most this many rows decode at once, the next (in the given order) joining as rows end
+    (None: all B).
     """
-    from transformers import DynamicCache
-
-    b = inputs_embeds.shape[0]
-    caps = [max_new_tokens] * b if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    stops = torch.tensor(sorted({s for s in stop_ids if s is not None}), device=inputs_embeds.device)
-    mask = attention_mask.clone()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = {_cache_kwarg(llm): DynamicCache()}  # the cache object is updated in place
-    out = llm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
-              use_cache=True, logits_to_keep=1, **cache)
-    next_pos = positions[:, -1:] + 1
-    done = torch.zeros(b, dtype=torch.bool, device=mask.device)
-    caps_t = torch.tensor(caps, device=mask.device)
-    lengths = torch.zeros(b, dtype=torch.long, device=mask.device)
-    raw: list[torch.Tensor] = []  # each step's argmax (finished rows are fed padding instead)
-    for step in range(max(caps)):
-        nxt = out.logits[:, -1].argmax(-1)
-        capped = step >= caps_t
-        hit = torch.isin(nxt, stops) & ~done & ~capped
-        done |= hit | capped
-        lengths += (~done).long() + (hit.long() if keep_stop else 0)
-        raw.append(nxt)
-        if done.all() or step + 1 >= max(caps):
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        fed = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        out = llm(input_ids=fed[:, None], attention_mask=mask, position_ids=next_pos,
-                  use_cache=True, **cache)
-        next_pos = next_pos + 1
-    if not raw:
-        return [[] for _ in range(b)]
-    seq = torch.stack(raw, 1).tolist()  # within a row's length these are its tokens (and stop, if kept)
-    return [row[:n] for row, n in zip(seq, lengths.tolist())]
+    b, cols = inputs_embeds.shape[:2]
+    dev = inputs_embeds.device
+    caps = torch.tensor([max_new_tokens] * b if isinstance(max_new_tokens, int) else list(max_new_tokens),
+                        dtype=torch.long, device=dev)
+    longest = max(int(caps.max()), 0) if b else 0
+    tokens = torch.full((b, longest), pad_id, dtype=torch.long, device=dev)
+    written = torch.zeros(b, dtype=torch.long, device=dev)  # tokens so far, then the row's result length
+    stops = torch.tensor(sorted({s for s in stop_ids if s is not None}), dtype=torch.long, device=dev)
+    waiting = (caps > 0).nonzero().flatten()
+    batch, width = _Batch(llm, room=cols + longest), width or b
+    while len(waiting) or len(batch):
+        if len(waiting) and len(batch) < width:
+            new, waiting = waiting[: width - len(batch)], waiting[width - len(batch) :]
+            batch.join(new, inputs_embeds[new], attention_mask[new])
+        nxt, rows = batch.logits.argmax(-1), batch.rows
+        tokens[rows, written[rows]] = nxt
+        written[rows] += 1
+        hit = torch.isin(nxt, stops)
+        ended = hit | (written[rows] >= caps[rows])
+        if ended.any():  # the one host sync a step: which rows leave the batch
+            written[rows[ended]] -= (hit[ended] & (not keep_stop)).long()
+            stay = (~ended).nonzero().flatten()
+            batch.keep(stay)
+            nxt = nxt[stay]
+        if len(batch):
+            batch.step(nxt)
+    return [row[:n] for row, n in zip(tokens.tolist(), written.tolist())]

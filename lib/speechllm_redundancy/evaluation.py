@@ -174,20 +174,30 @@ def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = N
     """Greedy-decode a manifest with a SlamModel (features from the shared cache) and score it.
 
     Returns dict(metric, score, chrf (AST only), ids, refs, hyps, seconds, utterances); ``limit`` keeps
-    the first N utterances (the manifest's order), e.g. 200 for a quick check.
+    the first N utterances (the manifest's order), e.g. 200 for a quick check. Under ``accelerate launch``
+    each process decodes a share of the utterances on its own device (the model moves there) and every
+    process returns all of them, in the manifest's order (``distributed.map_in_order``; a row's output
+    does not depend on its batch).
     """
     import time
 
     from speechllm_redundancy.data.manifest import read_manifest, targets
+    from speechllm_redundancy.distributed import map_in_order, process_device
     from speechllm_redundancy.features import cached_features
 
     utts = read_manifest(manifest_path)[: limit or None]
     refs = targets(utts, task, manifest_path)  # before encoding: a missing reference fails at once
     store = cached_features(model.config.encoder, manifest_path, whisper_window=model.config.whisper_window,
                             limit=limit or None, progress=progress)
+    if (device := process_device()) is not None:
+        model.to(device)
     start = time.perf_counter()
-    hyps = model.generate([store[u.id] for u in utts], task, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, progress=progress)
+
+    def decode(share):  # each process loads the features of its share only
+        return model.generate([store[u.id] for u in share], task, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, progress=progress)
+
+    hyps = map_in_order(decode, utts, cost=lambda u: u.duration)
     metric, value = score(task, refs, hyps)
     out = {"metric": metric, "score": value, "ids": [u.id for u in utts], "refs": refs, "hyps": hyps,
            "seconds": time.perf_counter() - start, "utterances": len(utts)}

@@ -22,6 +22,18 @@ STRATEGIES = ("none", "decoder", "projector", "both")
 # LoRA settings for the receiving layer (the paper's numbers were lost in extraction: peft-typical values)
 HEALING_LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+WARMUP_SHARE = 0.1  # of a healing run's steps spent warming up (then a linear decay to zero)
+
+
+def healing_config(steps: int, seed: int = 0, **overrides):
+    """The training settings of a healing run of ``steps`` steps: the SLAM loop's defaults with a warm-up of
+    a tenth of the run. A fixed warm-up longer than a short run (50 of 20 steps) would end the run at the
+    peak rate, never decaying — the healed weights would be those of the largest step."""
+    from speechllm_redundancy.training import TrainConfig
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"healing_steps={steps!r}: use a positive whole number of training steps.")
+    return TrainConfig(steps=steps, seed=seed, warmup_steps=max(1, round(WARMUP_SHARE * steps)), **overrides)
 
 
 def check_strategy(strategy: str) -> str:

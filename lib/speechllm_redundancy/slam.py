@@ -80,6 +80,9 @@ OUTPUT_RATIO = {"asr": 1.0, "ast-en-de": 2.0, "ast-fr-en": 1.2}
 DEFAULT_OUTPUT_RATIO = 2.0  # a literal instruction of unknown output length
 CAP_SLACK = 4
 DECODING_RULE = f"cap {CAP_SLACK} + {sorted(OUTPUT_RATIO.items())} x speech"  # in cached evaluations' keys
+# generate embeds this many batches' worth of utterances at once, from which the decoder refills its width
+# as rows end (a batch no longer waits for its slowest row); bounds the inputs held in memory
+DECODE_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -421,6 +424,25 @@ class SlamModel(nn.Module):
             if self.ctc is None:
                 raise UserError("ctc_compress needs a CTC head: train with ctc_warmup_steps > 0 first.")
             speech = self.ctc.compress(speech, embed.weight, self.config.ctc_embed, self.config.ctc_temperature)
+        return self._layout_batch(speech, prompts, targets, padding_side)
+
+    def embed_text_batch(self, texts: Sequence[str], prompts: Sequence[str] | str) -> dict:
+        """``embed_batch`` with the token embeddings of ``texts`` in the speech slot: the same layout, soft
+        prompt and read position as the model's speech inputs, given the words as text instead (the gold
+        transcript here is the clean control for comparing speech with text)."""
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(texts)
+        if len(prompts) != len(texts):
+            raise UserError("texts and prompts must have one entry per utterance.")
+        embed = self.llm.get_input_embeddings()
+        rows = [embed(torch.tensor(self.layout._ids(t.strip()) or [self.layout.pad_id], device=embed.weight.device))
+                for t in texts]
+        return self._layout_batch([r.to(self.device) for r in rows], prompts, None, "right")
+
+    def _layout_batch(self, speech: list[torch.Tensor], prompts: Sequence[str], targets: Sequence[str] | None,
+                      padding_side: str) -> dict:
+        """Place each row's speech vectors (after the soft prompt) between its prompt's pieces, then any target."""
+        embed = self.llm.get_input_embeddings()
         speech_lengths = [sp.shape[0] for sp in speech]  # what the output cap scales with: not the soft prompt
         if self.soft_prompt is not None:
             speech = [torch.cat([self.soft_prompt.to(sp.dtype), sp]) for sp in speech]
@@ -480,7 +502,8 @@ class SlamModel(nn.Module):
         CAP_SLACK + ``tokens_per_frame`` × the speech positions the LLM reads (projected frames, or CTC
         segments under compression: about one per spoken token), so a babbling model stops early; None
         takes the task's OUTPUT_RATIO.
-        Utterances are batched by length, apart per set of stop tokens (results do not depend on batching)."""
+        Utterances are sorted by length and decoded ``batch_size`` at a time, the next joining as one ends;
+        apart per set of stop tokens (results do not depend on batching)."""
         from tqdm.auto import tqdm
 
         from speechllm_redundancy.decoding import greedy
@@ -490,22 +513,23 @@ class SlamModel(nn.Module):
         groups: dict[frozenset[int], list[int]] = {}
         for i in sorted(range(len(features)), key=lambda i: features[i].shape[0]):
             groups.setdefault(self.layout.stop_ids(prompts[i]), []).append(i)
-        batches = [(stops, g[s : s + batch_size]) for stops, g in groups.items()
-                   for s in range(0, len(g), batch_size)]
+        chunk = batch_size * DECODE_CHUNK
+        chunks = [(stops, g[s : s + chunk]) for stops, g in groups.items() for s in range(0, len(g), chunk)]
         out: list[str] = [""] * len(features)
         was_training = self.training
         self.eval()
         try:
-            for stops, idx in tqdm(batches, desc="decode", disable=not progress):
-                feats = [features[i] for i in idx]
-                batch = self.embed_batch(feats, [prompts[i] for i in idx], padding_side="left")
-                row_prompts = [prompts[i] for i in idx]
-                caps = [min(max_new_tokens, CAP_SLACK + int(self._output_ratio(p, tokens_per_frame) * n))
-                        for p, n in zip(row_prompts, batch["speech_lengths"])]
-                seqs = greedy(self.llm, batch["inputs_embeds"], batch["attention_mask"], caps, stop_ids=stops,
-                              pad_id=self.layout.pad_id, keep_stop=True)
-                for i, p, ids in zip(idx, row_prompts, seqs):
-                    out[i] = self.layout.finish(p, ids)
+            with tqdm(total=len(features), desc="decode", disable=not progress) as bar:
+                for stops, idx in chunks:
+                    row_prompts = [prompts[i] for i in idx]
+                    batch = self.embed_batch([features[i] for i in idx], row_prompts, padding_side="left")
+                    caps = [min(max_new_tokens, CAP_SLACK + int(self._output_ratio(p, tokens_per_frame) * n))
+                            for p, n in zip(row_prompts, batch["speech_lengths"])]
+                    seqs = greedy(self.llm, batch["inputs_embeds"], batch["attention_mask"], caps,
+                                  stop_ids=stops, pad_id=self.layout.pad_id, keep_stop=True, width=batch_size)
+                    for i, p, ids in zip(idx, row_prompts, seqs):
+                        out[i] = self.layout.finish(p, ids)
+                    bar.update(len(idx))
         finally:
             self.train(was_training)
         return out

@@ -12,6 +12,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from speechllm_redundancy.distributed import is_main_process
 from speechllm_redundancy.errors import UserError
 
 TASKS = ("asr", "ast-en-de", "ast-fr-en")
@@ -114,6 +115,8 @@ def _train(args) -> int:
     model, result = train_slam(slam_cfg, cfg, args.train, task=args.task, out_dir=args.out,
                                eval_manifest=args.eval, eval_every=args.eval_every, eval_limit=args.eval_limit,
                                train_limit=args.train_limit, init_from=args.init_from)
+    if not is_main_process():  # the processes of one launch trained one model: the first one reports it
+        return 0
     last = [h for h in result.history if "loss" in h][-1:] or [{}]
     print(f"trained {result.steps} in {result.minutes:.1f} min; last loss {last[0].get('loss', float('nan')):.3f}")
     for h in result.history:
@@ -141,6 +144,8 @@ def _evaluate(args) -> int:
     model = SlamModel.load(_model_dir(args.model))
     res = evaluate_slam(model, args.manifest, args.task, limit=args.limit, batch_size=args.batch_size,
                         progress=True)
+    if not is_main_process():  # every process holds the gathered result: the first one reports and writes it
+        return 0
     extra = f", chrF {res['chrf']:.2f}" if "chrf" in res else ""
     print(f"{res['metric'].upper()} {res['score']:.2f}{extra} on {res['utterances']} utterances "
           f"({res['seconds']:.1f} s decoding)")

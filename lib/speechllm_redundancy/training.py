@@ -5,6 +5,13 @@ AdamW, gradient clipping, linear warmup then linear warmdown to zero, optional b
 accumulation, a checkpoint every N steps and exact resume after an interruption, through accelerate (so
 ``accelerate launch`` spreads the same loop over GPUs).
 
+Under ``accelerate launch --num_processes N`` (data parallel: a replica per process, gradients averaged by
+DDP) each process takes every N-th example of a batch (``distributed.shard``), and its loss is its part of
+the *batch's* mean (``_mean_part``: its token losses over the token count of all processes), so N
+processes take the step one process takes with the same batch, up to float rounding. SpecAugment masks
+are drawn for the whole batch by every process, so they match too. Dropout masks do not (each process
+draws them for its own examples): with dropout, N processes train an equally valid but different model.
+
 Exact resume: the examples of step s and every random draw in it (SpecAugment masks, dropout) are
 derived from (seed, phase, s) alone, so a run stopped after k steps and resumed from its checkpoint
 ends with the same parameters as one that never stopped.
@@ -35,6 +42,7 @@ from torch import nn
 
 from speechllm_redundancy.cache import (atomic_path, atomic_write_json, entry_lock, key_of, read_verified,
                                         verify_entry)
+from speechllm_redundancy.distributed import shard
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.slam import RECOGNISER_PROMPTS
 
@@ -156,19 +164,38 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def spec_augment(frames: torch.Tensor, gen: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
-    """Zero ``time_masks`` random spans of ≤ time_mask_width frames and ``feature_masks`` spans of channels."""
+def mask_spans(t: int, d: int, gen: torch.Generator, cfg: TrainConfig) -> tuple[list, list]:
+    """SpecAugment's (start, width) spans for a (t, d) input, drawn from ``gen``: ``time_masks`` spans of
+    ≤ time_mask_width frames, then ``feature_masks`` spans of ≤ feature_mask_width channels, to be zeroed."""
+    time = _spans(cfg.time_masks, cfg.time_mask_width, t, gen)
+    return time, _spans(cfg.feature_masks, cfg.feature_mask_width, d, gen)
+
+
+def _spans(count: int, width: int, size: int, gen: torch.Generator) -> list[tuple[int, int]]:
+    out = []
+    for _ in range(count):
+        w = int(torch.randint(0, width + 1, (1,), generator=gen))
+        out.append((int(torch.randint(0, max(1, size - w + 1), (1,), generator=gen)), w))
+    return out
+
+
+def _masked(frames: torch.Tensor, spans: tuple[list, list]) -> torch.Tensor:
     x = frames.float().clone()
-    t, d = x.shape
-    for _ in range(cfg.time_masks):
-        w = int(torch.randint(0, cfg.time_mask_width + 1, (1,), generator=gen))
-        s = int(torch.randint(0, max(1, t - w + 1), (1,), generator=gen))
+    for s, w in spans[0]:
         x[s : s + w] = 0
-    for _ in range(cfg.feature_masks):
-        w = int(torch.randint(0, cfg.feature_mask_width + 1, (1,), generator=gen))
-        s = int(torch.randint(0, max(1, d - w + 1), (1,), generator=gen))
+    for s, w in spans[1]:
         x[:, s : s + w] = 0
     return x
+
+
+def _features_of(examples: Sequence[Example], batch: Sequence[int], mine: Sequence[int], gen: torch.Generator,
+                 cfg: TrainConfig) -> list[torch.Tensor]:
+    """The frames of this process's examples, SpecAugment-masked if asked. Every process draws the masks of
+    the whole batch, in its order, so an example gets the masks it gets when one process trains."""
+    if not (cfg.time_masks or cfg.feature_masks):
+        return [examples[i].features.float() for i in mine]
+    spans = {i: mask_spans(*examples[i].features.shape, gen, cfg) for i in batch}
+    return [_masked(examples[i].features, spans[i]) for i in mine]
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -214,19 +241,26 @@ class CtcWarmup(nn.Module):
 
     def __init__(self, slam):
         super().__init__()
-        self.slam = slam
+        # only what the CTC loss trains is a submodule: DDP must not wait for gradients of a soft prompt or
+        # adapters this loss never reaches; the decoder's embedding table is read through ``slam``
+        self.projector, self.ctc = slam.projector, slam.ctc
+        object.__setattr__(self, "slam", slam)
         self.remap = {int(t): i for i, t in enumerate(slam.ctc.vocab.tolist())}
 
     def forward(self, features, targets: Sequence[list[int]]) -> dict:
-        proj = self.slam.projector(features)
+        """dict(loss = the batch mean of each utterance's CTC loss per target token (``F.ctc_loss``'s
+        "mean"), example_loss (B,) those per-utterance terms, example_tokens (B,) ones: their weights)."""
+        proj = self.projector(features)
         x = nn.utils.rnn.pad_sequence(proj, batch_first=True)
-        logits = self.slam.ctc.logits(x, self.slam.llm.get_input_embeddings().weight)
+        logits = self.ctc.logits(x, self.slam.llm.get_input_embeddings().weight)
         logp = F.log_softmax(logits.float(), -1).transpose(0, 1)
         tgt = [torch.tensor([self.remap[t] for t in ids if t in self.remap], dtype=torch.long) for ids in targets]
-        loss = F.ctc_loss(logp, torch.cat(tgt).to(x.device), torch.tensor([p.shape[0] for p in proj]),
-                          torch.tensor([len(t) for t in tgt]), blank=self.slam.ctc.blank_id,
-                          reduction="mean", zero_infinity=True)
-        return {"loss": loss}
+        lengths = torch.tensor([len(t) for t in tgt])
+        frames = torch.tensor([p.shape[0] for p in proj])
+        losses = F.ctc_loss(logp, torch.cat(tgt).to(x.device), frames, lengths, blank=self.ctc.blank_id,
+                            reduction="none", zero_infinity=True)
+        terms = losses / lengths.clamp(min=1).to(losses)
+        return {"loss": terms.mean(), "example_loss": terms, "example_tokens": torch.ones_like(terms)}
 
     @torch.no_grad()
     def transcribe(self, features) -> list[str]:
@@ -375,7 +409,8 @@ def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progres
             scheduler.load_state_dict(state["scheduler"])
         wrapped, optimizer = accelerator.prepare(module, optimizer)
         plan = BatchPlan(lengths, batch_size, cfg.seed, p, cfg.bucket)
-        bar = tqdm(total=n_steps, initial=done, desc=f"train {phase}", disable=not progress)
+        bar = tqdm(total=n_steps, initial=done, desc=f"train {phase}",
+                   disable=not (progress and accelerator.is_main_process))
         model.train()
         while done < n_steps:
             t0 = time.perf_counter()
@@ -383,21 +418,22 @@ def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progres
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, p, done) + 1)
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
-                idx = plan.batch(done * cfg.grad_accum + micro)
-                idx = idx[accelerator.process_index :: accelerator.num_processes] or idx[:1]
-                feats = [spec_augment(examples[i].features, gen, cfg) if (cfg.time_masks or cfg.feature_masks)
-                         else examples[i].features.float() for i in idx]
+                batch = plan.batch(done * cfg.grad_accum + micro)
+                idx, weight = shard(batch, accelerator.process_index, accelerator.num_processes)
+                feats = _features_of(examples, batch, idx, gen, cfg)
                 ctx = accelerator.no_sync(wrapped) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
                     if phase == "ctc":
-                        out = wrapped(feats, [targets_ids[i] for i in idx])
+                        loss = _mean_part(accelerator, wrapped(feats, [targets_ids[i] for i in idx]), weight)
                     else:
                         out = wrapped(feats, [examples[i].prompt for i in idx], [examples[i].target for i in idx])
+                        loss = _mean_part(accelerator, out, weight)
                         if aux is not None:
-                            out["loss"] = out["loss"] + cfg.ctc_weight * aux(feats, [targets_ids[i] for i in idx])["loss"]
-                    loss = out["loss"] / cfg.grad_accum
+                            ctc = aux(feats, [targets_ids[i] for i in idx])
+                            loss = loss + cfg.ctc_weight * _mean_part(accelerator, ctc, weight)
+                    loss = loss / cfg.grad_accum
                 accelerator.backward(loss)
-                loss_sum += float(loss.detach())
+                loss_sum += float(accelerator.reduce(loss.detach(), "mean"))  # the batch's, as in one process
             if cfg.grad_clip:
                 accelerator.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -412,7 +448,8 @@ def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progres
             if done % cfg.log_every == 0 or done == n_steps:
                 history.append({"phase": phase, "step": done, "loss": loss_sum,
                                 "lr": scheduler.get_last_lr()[0], "minutes": elapsed / 60})
-            out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            out_of_time = cfg.max_minutes is not None and _any_process(accelerator,
+                                                                       elapsed >= cfg.max_minutes * 60)
             finishing = done == n_steps or out_of_time
             if evaluate and phase == "slam" and ((eval_every and done % eval_every == 0) or finishing):
                 model.eval()
@@ -439,6 +476,23 @@ def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progres
                                         "steps": steps_done, "config": asdict(cfg)}, seal=True)
     accelerator.wait_for_everyone()
     return TrainResult(out_dir, history, elapsed / 60, steps_done)
+
+
+def _mean_part(accelerator, out: dict, weight: float) -> torch.Tensor:
+    """This process's part of the batch's mean loss Σ example_loss·example_tokens / Σ example_tokens, the
+    sums over the examples of every process: N · (its own sum) / (the total count). DDP averages the N
+    parts' gradients, which is then the gradient of the batch's mean, however the examples and their
+    tokens fell; a per-process mean, averaged, would weigh the tokens of a process with fewer more.
+    ``weight`` 0: a stand-in example (``distributed.shard``) that counts for nothing."""
+    count = (out["example_tokens"].sum() * weight).detach().float()
+    total = (out["example_loss"] * out["example_tokens"]).sum() * weight
+    return total * accelerator.num_processes / accelerator.reduce(count, "sum")
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds in any process: a decision to stop must be the same in all of them (one
+    process leaving the loop early would leave the others waiting for it at the next gradient exchange)."""
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum") > 0)
 
 
 def _param_groups(model, params: list, prompt_lr: float | None) -> list[dict]:

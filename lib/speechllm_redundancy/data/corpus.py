@@ -7,6 +7,7 @@ train          English sentences (WEB verses + WordNet examples), training voice
 test-clean     held-out sentences, training voices, clean (LibriSpeech test-clean analogue)
 test-other     held-out sentences, training voices, noise 5–15 dB SNR, reverb, tempo change
 dev-ood        held-out sentences, voices never heard in training (Piper; held-out espeak accents)
+dev            held-out sentences, training voices, clean: validation (the pruning paths' inputs)
 real           LibriVox recordings from Debian's pocketsphinx-testdata
 en-de-train/-test  English speech of WEB verses → German Elberfelder text (CoVoST 2 analogue)
 fr-en-train/-test  French espeak-ng speech of Louis Segond verses → English WEB text
@@ -46,10 +47,10 @@ from speechllm_redundancy.paths import artifact_path
 
 CORPUS_VERSION = 1  # bump when planning or synthesis changes what a given config produces
 ASR_TEST_SPLITS = ("test-clean", "test-other", "dev-ood")
-SPLITS = ("train", *ASR_TEST_SPLITS, "real", "en-de-train", "en-de-test", "fr-en-train", "fr-en-test")
+SPLITS = ("train", *ASR_TEST_SPLITS, "dev", "real", "en-de-train", "en-de-test", "fr-en-train", "fr-en-test")
 PRESETS = {
-    "smoke": {"train": 48, "test": 8, "ast_train": 16, "ast_test": 8},
-    "default": {"train": 20000, "test": 200, "ast_train": 5000, "ast_test": 200},
+    "smoke": {"train": 48, "test": 8, "dev": 8, "ast_train": 16, "ast_test": 8},
+    "default": {"train": 20000, "test": 200, "dev": 200, "ast_train": 5000, "ast_test": 200},
 }
 
 
@@ -60,6 +61,7 @@ class CorpusConfig:
     size: str = "default"  # preset the other numbers start from: smoke | default
     train: int = 20000  # ASR training utterances
     test: int = 200  # per ASR test set (test-clean, test-other, dev-ood)
+    dev: int = 200  # ASR validation utterances (held-out sentences, training voices): the pruning paths' inputs
     ast_train: int = 5000  # per translation direction
     ast_test: int = 200
     seed: int = 0
@@ -109,7 +111,7 @@ def corpus_config(profile: str | os.PathLike | dict | CorpusConfig | None = "def
     if unknown:
         raise UserError(f"unknown corpus setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     cfg = CorpusConfig(**{**PRESETS[size], **raw})
-    for key in ("train", "test", "ast_train", "ast_test"):
+    for key in ("train", "test", "dev", "ast_train", "ast_test"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
             raise UserError(f"corpus.{key} must be a non-negative integer, got {getattr(cfg, key)!r}")
     bad = sorted(set(cfg.splits) - set(SPLITS))
@@ -137,6 +139,7 @@ def _expand_real_corpora(raw: dict) -> dict:
         specs["train"] = {"reader": "librispeech", "root": root, "subsets": train}
         specs["test-clean"] = {"reader": "librispeech", "root": root, "subsets": "test-clean"}
         specs["test-other"] = {"reader": "librispeech", "root": root, "subsets": "test-other"}
+        specs["dev"] = {"reader": "librispeech", "root": root, "subsets": "dev-clean"}
     if root := raw.pop("loquacious", None):
         specs["dev-ood"] = {"reader": "loquacious", "root": root, "split": "dev"}
     covost, clips = (
@@ -301,6 +304,10 @@ def plan_texts(cfg: CorpusConfig, pools: TextPools) -> dict[str, list[Item]]:
         plan["fr-en-test"] = [
             Item(i, k, fr, "fr", "en", en) for i, (k, fr, en) in zip(ids("fr-en-test", rows), rows)
         ]
+    # validation last, so that adding it left every other split's sentences as they were
+    if "dev" in want:
+        rows = _take_low_oov(pools.english, cfg.dev, rng, claims, [train_vocab], cfg.max_oov)
+        plan["dev"] = [Item(i, k, t) for i, (k, t) in zip(ids("dev", rows), rows)]
     return plan
 
 
@@ -470,7 +477,7 @@ def summarize(manifests: dict[str, list[Utterance]]) -> dict:
     """Counts, hours, voices, and OOV rates (test vs its training transcripts; translation: both sides)."""
     train_vocab = _vocab(u.text for u in manifests.get("train", []))
     oov = {}
-    for split in (*ASR_TEST_SPLITS, "real"):
+    for split in (*ASR_TEST_SPLITS, "dev", "real"):
         if split in manifests and train_vocab:
             oov[split] = oov_rate((u.text for u in manifests[split]), train_vocab)
     for pair in ("en-de", "fr-en"):
