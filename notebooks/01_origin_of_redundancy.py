@@ -89,7 +89,14 @@ def speech_matrix(llm: str, with_lora: bool = False) -> angles.AngleMatrix:
 
 
 text = {name: study.text_angles(name, sentences) for name in text_llms}
-speech = {name: speech_matrix(name) for name in speech_llms}
+speech, gold, unusable1 = {}, {}, []  # each frozen SLAM model loaded once: its map, its control, its baseline
+for name in speech_llms:
+    run = speech_model(name)
+    speech[name] = study.speech_angles(run, "test-clean", angle_samples)
+    gold[name] = study.gold_text_angles(run, "test-clean", angle_samples)  # claim 1's control (below)
+    if bad := study.unusable(study.baseline(run)):
+        unusable1.append(describe_unusable(name, bad))
+    del run
 lora_speech = {name: speech_matrix(name, with_lora=True) for name in lora_llms}
 
 # %% [markdown]
@@ -129,7 +136,6 @@ plots.angle_heatmaps(panels, ncols=min(4, len(panels)));
 # paper's comparison).
 
 # %%
-gold = {name: study.gold_text_angles(speech_model(name), "test-clean", angle_samples) for name in speech_llms}
 rows = []
 for name, s in speech.items():
     plain = text[name] if name in text else study.text_angles(name, sentences)
@@ -259,9 +265,6 @@ settings_table(study.settings.as_dict() | dict(speech_llms=speech_llms, text_llm
 # %%
 for run, walk in tolerance_runs:  # the unpruned models of the tolerance walks, for the results file
     study.record_baseline(run, walk)
-speech_runs = {name: speech_model(name) for name in speech_llms}
-unusable1 = [describe_unusable(name, bad) for name, run in speech_runs.items()
-             if (bad := study.unusable(study.baseline(run)))]
 finding1 = (f"speech vs gold-transcript control (same layout and position): mean |ΔD| = {mean_delta:.3f}, optimal "
             f"paths agree on {agreement:.0%} of block sizes")
 variant1 = f"frozen-decoder SLAM maps of {', '.join(speech_llms)} vs their gold-transcript controls"

@@ -187,7 +187,8 @@ class Study:
     def gold_text_angles(self, run: SlamRun, split: str, samples: int) -> AngleMatrix:
         """D(l, n) of a SLAM model given the transcripts of ``split``'s first ``samples`` utterances as token
         embeddings in its speech slot: the clean control of ``speech_angles`` (same layout, same position)."""
-        return sweep.gold_text_angles(run.model, self.split(split), run.key, limit=samples, task=run.task)
+        return sweep.speech_angles(run.model, self.split(split), run.key, limit=samples, task=run.task,
+                                   gold_text=True)
 
     def speech_path(self, run: SlamRun) -> dict[int, int]:
         """The speech-derived optimal path {n: l*(n)} of a model."""

@@ -63,31 +63,21 @@ def path_sizes(num_layers: int, fractions: Sequence[float] | None = None, max_fr
 
 
 def speech_angles(slam, manifest: str | os.PathLike, key: str, limit: int | None = 64, task: str = "asr",
-                  progress: bool = True) -> AngleMatrix:
+                  progress: bool = True, gold_text: bool = False) -> AngleMatrix:
     """D(l, n) of a trained SLAM model on its own inputs (speech of the first ``limit`` utterances of
     ``manifest`` + the ``task`` prompt): the matrix whose optimal path the walks prune along. Cached under
-    the model's ``key``, the task, the manifest's bytes and ``limit``."""
-    from speechllm_redundancy.angles import SpeechBatches, cached_angles, measure_angles
+    the model's ``key``, the task, the manifest's bytes and ``limit``.
+
+    ``gold_text``: the control — the same model, layout and read position with each utterance's transcript
+    (token embeddings) in place of its speech (``angles.GoldTextBatches``)."""
+    from speechllm_redundancy.angles import GoldTextBatches, SpeechBatches, cached_angles, measure_angles
     from speechllm_redundancy.cache import file_sha256
     from speechllm_redundancy.paths import artifact_path
 
     name = key_of(key, task, file_sha256(manifest), limit)
-    path = artifact_path("angles", f"speech-{task}-{name}.json")
-    return cached_angles(path, lambda: measure_angles(slam, SpeechBatches(slam, manifest, task=task, limit=limit),
-                                                      progress=progress))
-
-
-def gold_text_angles(slam, manifest: str | os.PathLike, key: str, limit: int | None = 64, task: str = "asr",
-                     progress: bool = True) -> AngleMatrix:
-    """``speech_angles``' control: the same model, layout and read position with each utterance's transcript
-    (token embeddings) in place of its speech. Cached like ``speech_angles``."""
-    from speechllm_redundancy.angles import GoldTextBatches, cached_angles, measure_angles
-    from speechllm_redundancy.cache import file_sha256
-    from speechllm_redundancy.paths import artifact_path
-
-    name = key_of(key, task, file_sha256(manifest), limit)
-    path = artifact_path("angles", f"gold-{task}-{name}.json")
-    return cached_angles(path, lambda: measure_angles(slam, GoldTextBatches(slam, manifest, task=task, limit=limit),
+    path = artifact_path("angles", f"{'gold' if gold_text else 'speech'}-{task}-{name}.json")
+    batches = GoldTextBatches if gold_text else SpeechBatches
+    return cached_angles(path, lambda: measure_angles(slam, batches(slam, manifest, task=task, limit=limit),
                                                       progress=progress))
 
 
