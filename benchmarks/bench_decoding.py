@@ -86,11 +86,11 @@ def full_width(llm, embeds: torch.Tensor, mask: torch.Tensor, caps: list[int], s
     """``decoding.greedy`` before issue 16 (the stop token kept): every row is run until the last one ends."""
     from transformers import DynamicCache
 
-    from speechllm_redundancy.decoding import _cache_kwarg
+    from speechllm_redundancy.decoding import cache_kwarg
 
     b, stops = embeds.shape[0], torch.tensor(sorted(stops))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = {_cache_kwarg(llm): DynamicCache()}
+    cache = {cache_kwarg(llm): DynamicCache()}
     out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
               logits_to_keep=1, **cache)
     next_pos, done = positions[:, -1:] + 1, torch.zeros(b, dtype=torch.bool)
@@ -199,7 +199,7 @@ def models(args):
         from speechllm_redundancy.data.manifest import read_manifest
         from speechllm_redundancy.features import cached_features
 
-        model = SlamModel.load(args.slam)
+        model = SlamModel.from_pretrained(args.slam)
         store = cached_features(model.config.encoder, args.manifest, limit=args.limit,
                                 whisper_window=model.config.whisper_window)
         yield model.config.llm, model, [store[u.id] for u in read_manifest(args.manifest)[: args.limit]]

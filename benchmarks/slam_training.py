@@ -1,8 +1,8 @@
 """WER (or BLEU) against training minutes for SLAM recipe variants, side by side in one run, with the
 decoder's gold-input ceiling and the CTC warm start alone beside them.
 
-Each variant trains through the cache (`training.train_slam`), starting from one shared CTC warm start
-(`training.ctc_warm_start`), so a rerun prints the stored curves at once and an interrupted one resumes.
+Each variant trains through the cache (`training.train_from_configs`), starting from one shared CTC warm
+start (`training.ctc_warm_start`), so a rerun prints the stored curves at once and an interrupted one resumes.
 Evaluation time is not counted as training time; minutes include the shared warm start.
 
     python benchmarks/slam_training.py                                  # SmolLM2-135M: the cpu recipe's two models
@@ -70,7 +70,7 @@ def main() -> None:
     from speechllm_redundancy.data.manifest import read_manifest
     from speechllm_redundancy.evaluation import evaluate_slam, score
     from speechllm_redundancy.slam import SlamConfig, SlamModel
-    from speechllm_redundancy.training import CtcWarmup, TrainConfig, ctc_warm_start, train_slam
+    from speechllm_redundancy.training import CtcWarmup, TrainConfig, ctc_warm_start, train_from_configs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -103,7 +103,7 @@ def main() -> None:
 
     warm = ctc_warm_start(args.encoder, args.llm, path(args.warm_start or args.train), steps=args.ctc_steps,
                           whisper_window=args.whisper_window, train_limit=args.train_limit)
-    base = SlamModel.load(warm.out_dir / "final")
+    base = SlamModel.from_pretrained(warm.out_dir / "final")
     rows = {}  # variant → list of (minutes, score)
     finals = {}
     eval_utts = read_manifest(path(args.eval))[: args.eval_limit]
@@ -122,9 +122,10 @@ def main() -> None:
                                  ctc_compress=True),
                       **slam_over)
         tcfg = TrainConfig(**{"steps": args.steps, **train_over, **overrides})
-        model, result = train_slam(cfg, tcfg, path(args.train), task=args.task, train_limit=args.train_limit,
-                                   eval_manifest=path(args.eval), eval_every=args.eval_every,
-                                   eval_limit=args.eval_limit, init_from=warm.out_dir / "final")
+        model, result = train_from_configs(cfg, tcfg, path(args.train), task=args.task,
+                                           train_limit=args.train_limit, eval_manifest=path(args.eval),
+                                           eval_every=args.eval_every, eval_limit=args.eval_limit,
+                                           init_from=warm.out_dir / "final")
         curve = [(warm.minutes, None)]
         curve += [(warm.minutes + h["minutes"], h[k]) for h in result.history for k in ("eval_wer", "eval_bleu") if k in h]
         finals[name] = {s: evaluate_slam(model, path(s), args.task, limit=args.eval_limit)["score"]

@@ -53,51 +53,23 @@ max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the
 #
 # Text and speech are the same utterances: the transcripts of the first `angle_samples` utterances of the
 # `test-clean` split feed the LLMs as text; their audio feeds the SLAM models (speech + prompt, read at the
-# position where the transcript would start). Every distance matrix is cached on disk under a key of its
-# inputs, and the SLAM models are the shared trained ones of the cache.
-
-# %%
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-from IPython.display import display
-from myst_nb import glue
-
-from speechllm_redundancy import angles, plots
-from speechllm_redundancy.book import glue_verdict, settings_table
-from speechllm_redundancy.evaluation import describe_unusable
-from speechllm_redundancy.experiments import Settings, Study
-from speechllm_redundancy.sweep import baseline_scores
-from speechllm_redundancy.verdicts import lora_claim, tolerance_not_raised
-
-study = Study(Settings.of(globals()))
-sentences = study.references("test-clean", "asr", angle_samples)
-glue("ch1_samples", len(sentences), display=False)
-pd.DataFrame({"transcript": sentences[:5]})
+# position where the transcript would start). One call measures every map of this chapter
+# (`chapters.origin.measure`); each is cached on disk under a key of its inputs, and the SLAM models are the
+# shared trained ones of the cache.
 
 # %% tags=["hide-output"]
-def speech_model(llm: str, with_lora: bool = False):
-    """The SLAM model of decoder `llm` (frozen decoder, or LoRA on it), shared with the other chapters."""
-    if not with_lora:
-        return study.slam(llm)
-    return study.slam(llm, lora=lora, steps=lora_steps)
+from speechllm_redundancy.chapters import origin
+from speechllm_redundancy.experiments import Settings, Study
+from speechllm_redundancy.report import glue_finding, glue_verdict, settings_table
 
+study = Study(Settings.of(globals()))
+maps = origin.measure(study, text_llms, speech_llms, lora_llms, angle_samples, lora=lora, lora_steps=lora_steps)
 
-def speech_matrix(llm: str, with_lora: bool = False) -> angles.AngleMatrix:
-    """D(l, n) of the SLAM model with decoder `llm` (frozen, or with LoRA), on the test audio (cached)."""
-    return study.speech_angles(speech_model(llm, with_lora), "test-clean", angle_samples)
+# %% [markdown]
+# Each map averages {glue:text}`ch1_samples` utterances; the first of them:
 
-
-text = {name: study.text_angles(name, sentences) for name in text_llms}
-speech, gold, unusable1 = {}, {}, []  # each frozen SLAM model loaded once: its map, its control, its baseline
-for name in speech_llms:
-    run = speech_model(name)
-    speech[name] = study.speech_angles(run, "test-clean", angle_samples)
-    gold[name] = study.gold_text_angles(run, "test-clean", angle_samples)  # claim 1's control (below)
-    if bad := study.unusable(study.baseline(run)):
-        unusable1.append(describe_unusable(name, bad))
-    del run
-lora_speech = {name: speech_matrix(name, with_lora=True) for name in lora_llms}
+# %%
+glue_finding("ch1", maps.inputs())
 
 # %% [markdown]
 # ## The distance maps
@@ -113,15 +85,7 @@ lora_speech = {name: speech_matrix(name, with_lora=True) for name in lora_llms}
 # what claim 1 asks about, and why the verdict names the recipe.
 
 # %%
-first = (lora_llms or speech_llms)[0]
-panels = {f"{first} (text)": text[first] if first in text else study.text_angles(first, sentences),
-          f"{first} (SLAM, speech)": speech[first] if first in speech else speech_matrix(first)}
-if first in lora_speech:
-    panels[f"{first} (SLAM + LoRA, speech)"] = lora_speech[first]
-panels |= {f"{name} (text)": m for name, m in text.items() if name != first}
-panels |= {f"{name} (SLAM, speech)": m for name, m in speech.items() if name != first}
-panels |= {f"{name} (SLAM + LoRA, speech)": m for name, m in lora_speech.items() if name != first}
-plots.angle_heatmaps(panels, ncols=min(4, len(panels)));
+maps.heatmaps();
 
 # %% [markdown]
 # ## Text versus speech
@@ -130,29 +94,16 @@ plots.angle_heatmaps(panels, ncols=min(4, len(panels)));
 # more than the modality: plain text is read at the last transcript token without the chat template, speech
 # at the end of the SLAM prompt. The clean control puts the **gold transcript's token embeddings in the
 # speech slot** of the same SLAM model (same layout, soft prompt and read position), so that only the input
-# differs; claim 1's verdict compares that map with the speech map. For each decoder: the mean $|\Delta D|$
-# over all blocks, the share of block sizes $n$ whose optimal start $\ell^*(n)$ is the same, and the mean
-# overlap (Jaccard) of the layer sets the two paths remove — for the control, and for plain text (the
-# paper's comparison).
+# differs; claim 1's verdict compares that map with the speech map. For each decoder: its optimal paths,
+# then the mean $|\Delta D|$ over all blocks, the share of block sizes $n$ whose optimal start $\ell^*(n)$
+# is the same, and the mean overlap (Jaccard) of the layer sets the two paths remove — for the control,
+# and for plain text (the paper's comparison).
 
 # %%
-rows = []
-for name, s in speech.items():
-    plain = text[name] if name in text else study.text_angles(name, sentences)
-    for reference, t in (("gold transcript in the SLAM layout", gold[name]), ("plain text", plain)):
-        rows.append({"decoder": name, "speech compared with": reference, "layers": s.num_layers,
-                     **angles.compare(t, s)})
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    plots.paths_plot({"gold transcript, SLAM layout": gold[name], "plain text": plain, "speech": s}, ax=ax)
-    ax.set_title(f"Optimal pruning path of {name}")
-comparison = pd.DataFrame(rows).set_index(["decoder", "speech compared with"])
-control = comparison.xs("gold transcript in the SLAM layout", level="speech compared with")
-mean_delta, agreement = control["mean_abs_difference"].mean(), control["path_agreement"].mean()
-glue("ch1_mean_abs_delta", float(mean_delta), display=False)
-glue("ch1_path_agreement", float(agreement), display=False)
-comparison.rename(columns={"mean_abs_difference": "mean |ΔD|", "path_agreement": "same l*(n)",
-                           "mean_removed_overlap": "removed-layer overlap"}).style.format(
-    {"mean |ΔD|": "{:.3f}", "same l*(n)": "{:.0%}", "removed-layer overlap": "{:.0%}"})
+maps.path_figure();
+
+# %%
+glue_finding("ch1", maps.comparison())
 
 # %% [markdown]
 # Averaged over the decoders, the speech maps differ from the gold-transcript control by a mean
@@ -165,21 +116,7 @@ comparison.rename(columns={"mean_abs_difference": "mean |ΔD|", "path_agreement"
 # starts, and the share whose block ending at the last layer has the *largest* distance of its column.
 
 # %%
-def depth_profile(m: angles.AngleMatrix) -> dict:
-    L, path = m.num_layers, m.optimal_path()
-    deep = [path[n] >= (L - n) / 2 for n in path]
-    last_max = [np.nanargmax(m.distances[: L - n + 1, n]) == L - n for n in path]
-    return {"layers": L, "optimal block in deeper half": float(np.mean(deep)),
-            "block with last layer is the farthest": float(np.mean(last_max))}
-
-
-maps = {**{f"{n} (text)": m for n, m in text.items()}, **{f"{n} (speech)": m for n, m in speech.items()}}
-depth = pd.DataFrame({name: depth_profile(m) for name, m in maps.items()}).T
-deep_share, last_share = depth["optimal block in deeper half"].mean(), depth["block with last layer is the farthest"].mean()
-glue("ch1_deep_share", float(deep_share), display=False)
-glue("ch1_last_share", float(last_share), display=False)
-depth.style.format({"layers": "{:.0f}", "optimal block in deeper half": "{:.0%}",
-                    "block with last layer is the farthest": "{:.0%}"})
+glue_finding("ch1", maps.depth())
 
 # %% [markdown]
 # Over all maps, the optimal block lies in the deeper half for {glue:text}`ch1_deep_share:.0%` of the block
@@ -195,17 +132,7 @@ depth.style.format({"layers": "{:.0f}", "optimal block in deeper half": "{:.0%}"
 # number for comparing them.
 
 # %%
-lora_rows = []
-for name, m in lora_speech.items():
-    frozen = speech[name] if name in speech else speech_matrix(name)
-    as_text = text[name] if name in text else study.text_angles(name, sentences)
-    lora_rows.append({"decoder": name, "pruned-block distance, text": angles.pruned_block_distance(as_text),
-                      "pruned-block distance, frozen": angles.pruned_block_distance(frozen),
-                      "pruned-block distance, LoRA": angles.pruned_block_distance(m),
-                      "paths agree": angles.path_agreement(frozen, m)})
-lora_table = pd.DataFrame(lora_rows, columns=["decoder", "pruned-block distance, text", "pruned-block distance, frozen",
-                                              "pruned-block distance, LoRA", "paths agree"]).set_index("decoder")
-lora_table.style.format({c: "{:.3f}" for c in lora_table.columns if c.startswith("pruned")} | {"paths agree": "{:.0%}"})
+maps.lora_table()
 
 # %% [markdown]
 # Whether LoRA also raises the pruning tolerance: both models of each of those decoders pruned along their
@@ -215,24 +142,8 @@ lora_table.style.format({c: "{:.3f}" for c in lora_table.columns if c.startswith
 # whose relative WER change stays within +25 % on every set.
 
 # %%
-tolerance_rows, tolerance_runs = [], []
-if lora_llms and (pruned_fractions is None or len(pruned_fractions) > 0):
-    eval_sets = study.eval_sets("asr")
-    for name in lora_llms:
-        for variant, with_lora in (("frozen", False), ("LoRA", True)):
-            run = speech_model(name, with_lora)
-            walk = study.walk(run, study.speech_path(run), pruned_fractions, strategy=healing)
-            tolerance_runs.append((run, walk))
-            tolerance_rows.append({"decoder": name, "decoder training": variant, "layers": run.num_layers,
-                                   **{f"WER {s} (%)": w for s, w in baseline_scores(walk).items()},
-                                   "removable fraction": study.removable(walk, run),
-                                   "highest level walked": float(walk.fraction.max()),
-                                   "unusable": study.unusable(walk)})
-tolerance = pd.DataFrame(tolerance_rows)
-if not tolerance.empty:
-    display(tolerance.drop(columns="unusable").set_index(["decoder", "decoder training"]).style.format(
-        {c: "{:.1f}" for c in tolerance.columns if c.startswith("WER")}
-        | {"removable fraction": "{:.1%}", "highest level walked": "{:.1%}"}))
+tolerance = origin.tolerance(study, lora_llms, pruned_fractions, healing, lora=lora, lora_steps=lora_steps)
+tolerance.table()
 
 # %% [markdown]
 # ## This run
@@ -240,10 +151,7 @@ if not tolerance.empty:
 # The settings this page was executed with:
 
 # %%
-settings_table(study.settings.as_dict() | dict(speech_llms=speech_llms, text_llms=text_llms,
-                                              angle_samples=angle_samples, lora_llms=lora_llms, lora=lora,
-                                              lora_steps=lora_steps, pruned_fractions=pruned_fractions,
-                                              healing=healing))
+settings_table(study.settings.as_dict() | maps.parameters | tolerance.parameters)
 
 # %% [markdown]
 # ## Verdicts
@@ -255,56 +163,19 @@ settings_table(study.settings.as_dict() | dict(speech_llms=speech_llms, text_llm
 # a mean $|\Delta D|$ below 0.05; it is not testable when a SLAM model does no better than chance on some
 # evaluation set (its "speech" map would then be of inputs it does not understand), and under the `cpu`
 # recipe it is partly true by construction (the decoder reads the CTC's words as token embeddings). Claim 3
-# holds when both shares above are at least two thirds. Claim 2 holds when, for every decoder of `lora_llms`, LoRA lowers the mean distance of
-# the blocks on the optimal path and its removable fraction (after `healing`) is not larger than the frozen
-# decoder's (`verdicts.lora_claim`). The second half is not testable when an unpruned model does no better
-# on some set than chance (`evaluation.chance_score`: the better of an empty output and another
-# utterance's reference), and not informative when both models remove nothing or both reach the highest
-# level walked: the walk cannot tell them apart.
+# holds when both shares above are at least two thirds. Claim 2 holds when, for every decoder of
+# `lora_llms`, LoRA lowers the mean distance of the blocks on the optimal path and its removable fraction
+# (after `healing`) is not larger than the frozen decoder's (`verdicts.claim_2`). The second half is not
+# testable when an unpruned model does no better on some set than chance (`evaluation.chance_score`: the
+# better of an empty output and another utterance's reference), and not informative when both models
+# remove nothing or both reach the highest level walked: the walk cannot tell them apart.
 
 # %%
-for run, walk in tolerance_runs:  # the unpruned models of the tolerance walks, for the results file
-    study.record_baseline(run, walk)
-finding1 = (f"speech vs gold-transcript control (same layout and position): mean |ΔD| = {mean_delta:.3f}, optimal "
-            f"paths agree on {agreement:.0%} of block sizes")
-variant1 = f"frozen-decoder SLAM maps of {', '.join(speech_llms)} vs their gold-transcript controls"
-if unusable1:
-    glue_verdict(1, None, f"{'; '.join(unusable1)}; for the record, {finding1}", variant=variant1, recipe=recipe)
-else:
-    glue_verdict(1, agreement >= 0.8 and mean_delta < 0.05, finding1, variant=variant1, recipe=recipe)
-how = f"{healing} healing, {healing_steps} steps" if healing != "none" else "no healing"
-lora_variant = f"frozen vs LoRA decoder of {', '.join(lora_llms)}, {how}"
-if lora_table.empty:
-    glue_verdict(2, None, "the profile trains no SLAM model with LoRA on the decoder (lora_llms is empty)",
-                 variant=lora_variant, recipe=recipe)
-else:
-    lowers = bool((lora_table["pruned-block distance, LoRA"] < lora_table["pruned-block distance, frozen"]).all())
-    distances = ", ".join(f"{n} {r['pruned-block distance, frozen']:.3f} → {r['pruned-block distance, LoRA']:.3f}"
-                          for n, r in lora_table.iterrows())
-    first_half = (f"LoRA {'lowers' if lowers else 'does not lower'} the pruned-block distance (frozen → LoRA: "
-                  f"{distances})")
-    if tolerance.empty:  # a claim whose first half fails does not hold, whatever the second
-        glue_verdict(2, None if lowers else False, f"{first_half}; pruning tolerance not tested "
-                     "(pruned_fractions is empty)", variant=lora_variant, recipe=recipe)
-    elif unusable := [describe_unusable(f"{r['decoder']} ({r['decoder training']})", r["unusable"])
-                      for _, r in tolerance.iterrows() if r["unusable"]]:
-        glue_verdict(2, None if lowers else False, f"{first_half}; pruning tolerance not testable at this "
-                     f"scale: {'; '.join(unusable)}", variant=lora_variant, recipe=recipe)
-    else:
-        by_decoder = tolerance.set_index(["decoder", "decoder training"])
-        not_raised = {n: tolerance_not_raised(by_decoder.loc[(n, "frozen"), "removable fraction"],
-                                              by_decoder.loc[(n, "LoRA"), "removable fraction"],
-                                              by_decoder.loc[(n, "frozen"), "highest level walked"])
-                      for n in lora_llms}
-        fractions = ", ".join(f"{n} {by_decoder.loc[(n, 'frozen'), 'removable fraction']:.0%} → "
-                              f"{by_decoder.loc[(n, 'LoRA'), 'removable fraction']:.0%}" for n in lora_llms)
-        second_half = ("the comparison of removable fractions is not informative (both none, or both the "
-                       "highest level walked)" if None in not_raised.values() else
-                       f"{'does not raise' if all(not_raised.values()) else 'raises'} the removable fraction")
-        glue_verdict(2, lora_claim(lowers, not_raised), f"{first_half}; {second_half} (frozen → LoRA, {how}: "
-                     f"{fractions})", variant=lora_variant, recipe=recipe)
-holds3 = deep_share >= 2 / 3 and last_share >= 2 / 3
-glue_verdict(3, holds3, f"optimal block in the deeper half for {deep_share:.0%} of block sizes; the block ending at "
-                        f"the last layer is the farthest for {last_share:.0%}",
-             variant=f"text maps of {', '.join(text_llms)} and frozen-decoder SLAM maps of {', '.join(speech_llms)}",
-             recipe=recipe)
+glue_verdict(maps.claim_1())
+glue_verdict(origin.claim_2(maps, tolerance))
+glue_verdict(maps.claim_3())
+
+# %% [markdown]
+# - **Claim 1** (text and speech maps nearly identical): {glue:text}`claim_1`
+# - **Claim 2** (LoRA lowers the pruned blocks' distances, not the pruning tolerance): {glue:text}`claim_2`
+# - **Claim 3** (the closest blocks deep, the last layer's block the farthest): {glue:text}`claim_3`

@@ -56,35 +56,15 @@ text_path_strategies = ["none", "decoder", "projector", "both"]  # strategies al
 # default; a CPU profile may keep only `none`, since the paths' difference shows before any healing).
 
 # %% tags=["hide-output"]
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-from myst_nb import glue
-
-from speechllm_redundancy import plots
-from speechllm_redundancy.book import glue_verdict, settings_table
-from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.evaluation import describe_unusable
+from speechllm_redundancy.chapters import healing_dynamics
 from speechllm_redundancy.experiments import Settings, Study
-from speechllm_redundancy.healing import STRATEGIES
+from speechllm_redundancy.report import glue_finding, glue_verdict, settings_table
 
 study = Study(Settings.of(globals()))
-eval_sets = study.eval_sets("asr")
-llm = speech_llms[0]
-run = study.slam(llm)
-num_layers = run.num_layers
-glue("ch2_layers", num_layers, display=False)
-unknown = sorted(set(text_path_strategies) - set(STRATEGIES))
-if unknown:
-    raise UserError(f"text_path_strategies {unknown} unknown: use some of {', '.join(STRATEGIES)}.")
+walks = healing_dynamics.measure(study, speech_llms[0], pruned_fractions, text_path_strategies)
 
-paths = {"speech-derived": study.speech_path(run), "text-derived": study.text_angles(llm).optimal_path()}
-walks = pd.concat([study.walk(run, path, pruned_fractions, strategy=strategy).assign(path=path_name)
-                   for path_name, path in paths.items()
-                   for strategy in (STRATEGIES if path_name == "speech-derived" else text_path_strategies)],
-                  ignore_index=True)
-sizes = sorted(set(walks.n) - {0})
-pd.DataFrame({"n": sizes, **{name: [p[n] for n in sizes] for name, p in paths.items()}}).set_index("n").T
+# %%
+glue_finding("ch2", walks.paths_table())
 
 # %% [markdown]
 # The table above gives the first layer $\ell^*(n)$ of the block each path removes, for every pruning level
@@ -96,12 +76,7 @@ pd.DataFrame({"n": sizes, **{name: [p[n] for n in sizes] for name, p in paths.it
 # unpruned model), one panel per path; the dashed line is the +25 % threshold.
 
 # %%
-curves = walks.replace([np.inf, -np.inf], np.nan).sort_values(["set", "n"])  # same set styles in every panel
-fig, axes = plt.subplots(1, len(paths), figsize=(6 * len(paths), 4), sharey=True, squeeze=False)
-for ax, path_name in zip(axes[0], paths):
-    plots.delta_plot(curves[curves.path == path_name], hue="strategy", ax=ax)
-    ax.set_title(f"{llm}: {path_name} path")
-fig.tight_layout()
+walks.delta_figure();
 
 # %% [markdown]
 # ## Removable fraction and mean WER change
@@ -110,20 +85,7 @@ fig.tight_layout()
 # every set (the paper's criterion), and the relative WER change averaged over the pruned levels and sets.
 
 # %%
-rows = []
-for (path_name, strategy), walk in walks.groupby(["path", "strategy"], sort=False):
-    rows.append({"path": path_name, "strategy": strategy,
-                 "removable fraction": study.removable(walk, run),
-                 "mean relative WER change": float(walk[walk.n > 0].delta.mean()),
-                 "worst relative WER change": float(walk[walk.n > 0].delta.max())})
-table = pd.DataFrame(rows).set_index(["path", "strategy"])
-speech = table.loc["speech-derived"]
-for strategy in STRATEGIES:
-    glue(f"ch2_removable_{strategy}", float(speech.loc[strategy, "removable fraction"]), display=False)
-    glue(f"ch2_mean_delta_{strategy}", float(speech.loc[strategy, "mean relative WER change"]), display=False)
-glue("ch2_worst_none", float(speech.loc["none", "worst relative WER change"]), display=False)
-table.style.format({"removable fraction": "{:.1%}", "mean relative WER change": "{:+.1%}",
-                    "worst relative WER change": "{:+.1%}"})
+glue_finding("ch2", walks.strategies())
 
 # %% [markdown]
 # Along the speech-derived path, without healing the WER rises by up to {glue:text}`ch2_worst_none:+.1%`
@@ -142,12 +104,7 @@ table.style.format({"removable fraction": "{:.1%}", "mean relative WER change": 
 # paths over the evaluation sets (0 where both paths remove the same block: the same pruned model).
 
 # %%
-both_paths = walks.pivot_table(index=["strategy", "n", "set"], columns="path", values="delta")
-both_paths = both_paths.dropna().query("n > 0")
-gap = (both_paths["speech-derived"] - both_paths["text-derived"]).abs().groupby(level=["strategy", "n"]).max()
-gaps = gap.unstack("n").rename(columns=lambda n: f"{n}/{num_layers} layers")
-glue("ch2_largest_path_gap", float(gap.max()) if len(gap) else float("nan"), display=False)
-gaps.style.format("{:.1%}").set_caption("largest |ΔWER(speech path) − ΔWER(text path)| over the sets")
+glue_finding("ch2", walks.path_gaps())
 
 # %% [markdown]
 # At the levels walked, the two paths' relative WER changes differ by at most
@@ -159,8 +116,7 @@ gaps.style.format("{:.1%}").set_caption("largest |ΔWER(speech path) − ΔWER(t
 # The settings this page was executed with:
 
 # %%
-settings_table(study.settings.as_dict() | dict(speech_llm=llm, pruned_fractions=pruned_fractions,
-                                              text_path_strategies=text_path_strategies))
+settings_table(study.settings.as_dict() | walks.parameters)
 
 # %% [markdown]
 # ## Verdict
@@ -170,29 +126,12 @@ settings_table(study.settings.as_dict() | dict(speech_llm=llm, pruned_fractions=
 # path it holds here when all four parts do: the worst relative WER change without healing exceeds +50 %;
 # decoder healing lowers the mean relative change below no healing; healing both gives the lowest mean of
 # all strategies; and projector healing's mean is within 5 points (or a fifth of no healing's, whichever is
-# larger) of no healing's. It is not testable when the unpruned model does no better on some set than
-# chance (`evaluation.chance_score`: the better of an empty output and another utterance's reference):
-# relative changes from such a baseline say nothing of pruning.
+# larger) of no healing's (`verdicts.claim_4`). It is not testable when the unpruned model does no better
+# on some set than chance (`evaluation.chance_score`: the better of an empty output and another
+# utterance's reference): relative changes from such a baseline say nothing of pruning.
 
 # %%
-speech_walks = walks[walks.path == "speech-derived"]
-study.record_baseline(run, speech_walks)
-unusable = study.unusable(speech_walks)
-mean = speech["mean relative WER change"]
-parts = {
-    "sharp without healing": speech.loc["none", "worst relative WER change"] > 0.5,
-    "decoder healing helps": mean["decoder"] < mean["none"],
-    "both is best": mean["both"] <= mean.min(),
-    "projector only ≈ none": abs(mean["projector"] - mean["none"]) <= max(0.05, 0.2 * abs(mean["none"])),
-}
-listing = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in parts.items())
-numbers = ", ".join(f"{s} {mean[s]:+.0%}" for s in STRATEGIES)
-worst = speech.loc["none", "worst relative WER change"]
-variant = f"{llm} frozen decoder, speech-derived path, {healing_steps} healing steps"
-if unusable:
-    glue_verdict(4, None, f"{describe_unusable(llm, unusable)}; for the record, mean relative WER change by "
-                          f"healing strategy: {numbers}; worst without healing {worst:+.0%}",
-                 variant=variant, recipe=recipe)
-else:
-    glue_verdict(4, all(parts.values()), f"{listing}; mean relative WER change by healing strategy: {numbers}; "
-                                         f"worst without healing {worst:+.0%}", variant=variant, recipe=recipe)
+glue_verdict(walks.claim_4())
+
+# %% [markdown]
+# **Claim 4** (healing decoder and projector together is best): {glue:text}`claim_4`

@@ -61,44 +61,12 @@ path_samples = 64  # utterances whose angles give each path (ASR: the `dev` spli
 # cached point is reused). A level is acceptable while ΔBLEU ≥ −10 % relative to the unpruned model.
 
 # %% tags=["hide-output"]
-import matplotlib.pyplot as plt
-import pandas as pd
-from myst_nb import glue
-
-from speechllm_redundancy import angles, plots
-from speechllm_redundancy.book import glue_verdict, settings_table
-from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.evaluation import AST_THRESHOLD, describe_unusable
+from speechllm_redundancy.chapters import translation
 from speechllm_redundancy.experiments import Settings, Study
-from speechllm_redundancy.healing import STRATEGIES, check_strategy
+from speechllm_redundancy.report import glue_finding, glue_verdict, settings_table
 
 study = Study(Settings.of(globals()))
-strategies = [healing] if isinstance(healing, str) else list(healing)
-if not strategies:
-    raise UserError("healing is empty: name at least one strategy (none, decoder, projector, both).")
-for strategy in strategies:
-    check_strategy(strategy)
-encoders = dict(ast_encoder) if isinstance(ast_encoder, dict) else {d: ast_encoder for d in directions}
-walks, paths, matrices, runs = [], [], {}, {}
-for llm in speech_llms:
-    asr_run = study.slam(llm)  # chapter 3's model and path
-    asr_matrix = study.speech_angles(asr_run)
-    del asr_run
-    for direction in directions:
-        run = study.slam(llm, f"ast-{direction}", encoder=encoders.get(direction, encoder))
-        ast_matrix = study.speech_angles(run)
-        matrices[llm, direction] = ast_matrix, asr_matrix
-        for path_name, matrix in (("AST-derived", ast_matrix), ("ASR-derived", asr_matrix)):
-            path = matrix.optimal_path()
-            for strategy in strategies if path_name == "AST-derived" else strategies[-1:]:  # compared on one path
-                walk = study.walk(run, path, pruned_fractions, strategy=strategy)
-                walks.append(walk.assign(model=llm, direction=direction, path=path_name, layers=run.num_layers))
-            paths += [{"model": llm, "direction": direction, "path": path_name, "n": n, "start": path[n]}
-                      for n in sorted(set(walk.n) - {0})]
-        runs[llm, direction] = run
-everything = pd.concat(walks, ignore_index=True)
-walks = everything[everything.strategy == strategies[-1]]  # Table 2 and the verdict: the last strategy
-paths = pd.DataFrame(paths)
+transfer = translation.measure(study, speech_llms, directions, ast_encoder, pruned_fractions, healing)
 
 # %% [markdown]
 # ## Table 2 layout
@@ -107,64 +75,27 @@ paths = pd.DataFrame(paths)
 # (relative change in brackets), per direction, healed with the last strategy of `healing`.
 
 # %%
-def cell(row):
-    return f"{row.score:.2f}" + (f" ({row.delta:+.1%})" if row.n else "")
-
-
-drop = [f"{n}/{L} ({n / L:.1%})" if n else "–" for n, L in zip(walks.n, walks.layers)]
-table = walks.assign(**{"% drop": drop, "BLEU": walks.apply(cell, axis=1)})
-table = table.pivot_table(index=["model", "n", "% drop"], columns=["path", "direction"], values="BLEU",
-                          aggfunc="first")
-table = table.droplevel("n").reindex(columns=["AST-derived", "ASR-derived"], level="path")
-table
+transfer.table_2()
 
 # %% [markdown]
-# Where each path starts its removed block (l\*(n)), and whether the two agree:
+# Where each path starts its removed block ($\ell^*(n)$), and whether the two agree:
 
 # %%
-starts = paths.pivot_table(index=["model", "direction", "n"], columns="path", values="start").astype(int)
-starts["same block"] = starts["AST-derived"] == starts["ASR-derived"]
-starts
+transfer.starts_table()
 
 # %%
-finite = walks.delta.replace([float("inf"), float("-inf")], float("nan"))  # Δ from a BLEU of 0: not drawn
-pruned = walks.assign(delta=finite)[walks.n > 0].assign(curve=lambda f: f.direction + ", " + f.path)
-fig, ax = plt.subplots(figsize=(6.5, 4))
-plots.delta_plot(pruned.assign(set=pruned.model), threshold=AST_THRESHOLD, hue="curve",
-                 metric="relative BLEU change", ax=ax)
-ax.set_title("Relative BLEU change along the AST- and ASR-derived paths");
+transfer.delta_figure();
 
 # %%
-summary = []
-for (llm, direction), group in walks.groupby(["model", "direction"], sort=False):
-    num_layers = int(group.layers.iloc[0])
-    by_path = {p: g for p, g in group.groupby("path")}
-    ast_walk, asr_walk = by_path["AST-derived"], by_path["ASR-derived"]
-    ast_scores, asr_scores = ast_walk.set_index("n")["score"], asr_walk.set_index("n")["score"]
-    gap = (ast_scores - asr_scores).abs()
-    chosen = starts.loc[(llm, direction)]
-    summary.append({"model": llm, "direction": direction, "baseline BLEU": float(ast_scores.loc[0]),
-                    "removable (AST-derived)": study.removable(ast_walk, runs[llm, direction]),
-                    "removable (ASR-derived)": study.removable(asr_walk, runs[llm, direction]),
-                    "largest BLEU gap": float(gap.max()),
-                    "levels with the same block": float(chosen["same block"].mean()),
-                    "path agreement (every n)": angles.path_agreement(*matrices[llm, direction])})
-summary = pd.DataFrame(summary)
-glue("ch4_max_gap", float(summary["largest BLEU gap"].max()), display=False)
-glue("ch4_same_block", float(summary["levels with the same block"].mean()), display=False)
-glue("ch4_path_agreement", float(summary["path agreement (every n)"].mean()), display=False)
-glue("ch4_removable_ast", float(summary["removable (AST-derived)"].min()), display=False)
-glue("ch4_removable_asr", float(summary["removable (ASR-derived)"].min()), display=False)
-summary.style.format({"baseline BLEU": "{:.2f}", "removable (AST-derived)": "{:.1%}",
-                      "removable (ASR-derived)": "{:.1%}", "largest BLEU gap": "{:.2f}",
-                      "levels with the same block": "{:.0%}", "path agreement (every n)": "{:.0%}"})
+glue_finding("ch4", transfer.summary())
 
 # %% [markdown]
 # The two paths remove the same block at {glue:text}`ch4_same_block:.0%` of the pruning levels walked
-# (and pick the same start l\*(n) for {glue:text}`ch4_path_agreement:.0%` of all block sizes n); the largest
-# BLEU difference between them at any level is {glue:text}`ch4_max_gap:.2f` BLEU points. Within the −10 %
-# threshold, {glue:text}`ch4_removable_ast:.1%` of the decoder layers can be removed along the AST-derived
-# path and {glue:text}`ch4_removable_asr:.1%` along the ASR-derived path (the smaller over directions).
+# (and pick the same start $\ell^*(n)$ for {glue:text}`ch4_path_agreement:.0%` of all block sizes n); the
+# largest BLEU difference between them at any level is {glue:text}`ch4_max_gap:.2f` BLEU points. Within the
+# −10 % threshold, {glue:text}`ch4_removable_ast:.1%` of the decoder layers can be removed along the
+# AST-derived path and {glue:text}`ch4_removable_asr:.1%` along the ASR-derived path (the smaller over
+# directions).
 
 # %% [markdown]
 # ## Healing after pruning
@@ -174,14 +105,7 @@ summary.style.format({"baseline BLEU": "{:.2f}", "removable (AST-derived)": "{:.
 # brackets):
 
 # %%
-ast_path = everything[(everything.path == "AST-derived") & (everything.n > 0)]
-healed = ast_path.assign(BLEU=ast_path.apply(cell, axis=1)).pivot_table(
-    index=["model", "direction", "n"], columns="strategy", values="BLEU", aggfunc="first")
-healed = healed.reindex(columns=strategies)
-mean_delta = ast_path.replace([float("inf"), float("-inf")], float("nan")).groupby("strategy").delta.mean()
-for strategy in STRATEGIES:  # every one glued (nan where not walked): the text below names two
-    glue(f"ch4_mean_delta_{strategy}", float(mean_delta.get(strategy, float("nan"))), display=False)
-healed
+glue_finding("ch4", transfer.healing())
 
 # %% [markdown]
 # Averaged over the levels and directions, the relative BLEU change is
@@ -194,9 +118,7 @@ healed
 # The settings this page was executed with:
 
 # %%
-settings_table(study.settings.as_dict() | dict(speech_llms=speech_llms, ast_encoder=ast_encoder,
-                                              directions=directions, pruned_fractions=pruned_fractions,
-                                              healing=strategies))
+settings_table(study.settings.as_dict() | transfer.parameters)
 
 # %% [markdown]
 # ## Verdict
@@ -204,32 +126,12 @@ settings_table(study.settings.as_dict() | dict(speech_llms=speech_llms, ast_enco
 # Claim 6 of the paper: the ASR-derived path applied to translation gives nearly the same BLEU as the
 # AST-derived path. Here it holds when, for every decoder and direction, both paths allow the same
 # removable fraction and their BLEU differs at every level by at most 2 % of the unpruned BLEU (a fifth of
-# the −10 % acceptance margin). A direction whose unpruned BLEU is no better than chance
-# (`evaluation.chance_score`: the better of an empty output and another sentence's reference) cannot tell
-# the paths apart: the claim is then not testable.
+# the −10 % acceptance margin; `verdicts.claim_6`). A direction whose unpruned BLEU is no better than
+# chance (`evaluation.chance_score`: the better of an empty output and another sentence's reference)
+# cannot tell the paths apart: the claim is then not testable.
 
 # %%
-TOLERANCE = 0.02  # largest BLEU gap between the paths, relative to the unpruned BLEU
-unusable = []
-for (llm, direction), run in runs.items():
-    baseline = walks[(walks.model == llm) & (walks.direction == direction) & (walks.path == "AST-derived")]
-    study.record_baseline(run, baseline)
-    if bad := study.unusable(baseline, run.task):
-        unusable.append(describe_unusable(llm, bad, run.task))
-how = f"{strategies[-1]} healing, {healing_steps} steps" if strategies[-1] != "none" else "without healing"
-variant = f"translation models with frozen decoders of {', '.join(speech_llms)}, {how}"
-if unusable:
-    glue_verdict(6, None, "; ".join(unusable), variant=variant, recipe=recipe)
-else:
-    close = summary["largest BLEU gap"] <= TOLERANCE * summary["baseline BLEU"]
-    same = summary["removable (AST-derived)"] == summary["removable (ASR-derived)"]
-    holds6 = bool((close & same).all())
+glue_verdict(transfer.claim_6())
 
-    def described(r):
-        ast_removable, asr_removable = r["removable (AST-derived)"], r["removable (ASR-derived)"]
-        return (f"{r['model']} {r['direction']}: same block at {r['levels with the same block']:.0%} of the "
-                f"levels, largest gap {r['largest BLEU gap']:.2f} of {r['baseline BLEU']:.2f} BLEU, "
-                f"removable {ast_removable:.0%} (AST path) vs {asr_removable:.0%} (ASR path)")
-
-    listing = "; ".join(described(r) for _, r in summary.iterrows())
-    glue_verdict(6, holds6, listing, variant=variant, recipe=recipe)
+# %% [markdown]
+# **Claim 6** (the ASR-derived path serves translation as well as its own): {glue:text}`claim_6`

@@ -228,6 +228,18 @@ def test_text_batches_default_special_tokens_and_chat_template():
     assert text.startswith("<s>user: hi") and text.endswith("assistant:")
 
 
+def test_text_batches_pad_on_the_tokenizers_side_with_eos_if_it_has_no_pad_token():
+    tok = byte_tokenizer()
+    tok.pad_token, tok.padding_side = None, "left"
+    (batch,) = angles.text_batches(tok, ["hello there", "hi"], batch_size=8)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert mask.tolist() == [[0] * 9 + [1] * 3, [1] * 12]
+    assert ids[0, :9].tolist() == [tok.eos_token_id] * 9 and tok.decode(ids[0, 9:]) == "<s>hi"
+    tok.pad_token = tok.eos_token = None
+    with pytest.raises(UserError, match="neither a pad nor an end-of-text token"):
+        angles.text_batches(tok, ["hi"])
+
+
 def test_cli_text_mode(tmp_path, capsys):
     model_dir = save_tiny(tmp_path / "m", "llama", layers=4)
     inputs = tmp_path / "in.txt"
@@ -257,7 +269,7 @@ def test_cli_speech_mode_reads_the_last_prompt_token(tmp_path, monkeypatch, caps
     config = SlamConfig(encoder=whisper, llm=save_tiny_llm(tmp_path / "llm", layers=4), encoder_dim=32,
                         projector_hidden=32)
     torch.manual_seed(0)
-    SlamModel(config).save(tmp_path / "slam")
+    SlamModel(config).save_pretrained(tmp_path / "slam")
     manifest = write_manifest_dir(tmp_path / "corpus")
     out = tmp_path / "speech.csv"
     assert cli_main(["angles", "--slam", str(tmp_path / "slam"), "--manifest", str(manifest),
@@ -265,7 +277,7 @@ def test_cli_speech_mode_reads_the_last_prompt_token(tmp_path, monkeypatch, caps
     got = AngleMatrix.from_csv(out)
     assert got.num_layers == 4
     # independently: each utterance alone, embedded without a target, through output_hidden_states
-    slam = SlamModel.load(tmp_path / "slam")
+    slam = SlamModel.from_pretrained(tmp_path / "slam")
     store = cached_features(whisper, manifest, progress=False)
     refs = []
     with torch.no_grad():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from speechllm_redundancy import book
+from speechllm_redundancy import book_cli, chapter_runs, profiles, rendering, vendoring
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import REPO_ROOT
 
@@ -29,22 +29,22 @@ def write_profile(tmp_path: Path, **overrides) -> Path:
 # ------------------------------------------------------------------------------------ profiles, no kernel
 @pytest.mark.parametrize("name", ["smoke", "default", "paper"])
 def test_shipped_profiles_fit_every_notebook(name):
-    profile = book.load_profile(name)
-    book.validate_profile(profile)  # raises on any parameter a notebook does not declare
-    assert set(profile.chapters) <= set(book.chapter_stems())
+    profile = profiles.load_profile(name)
+    profiles.validate_profile(profile)  # raises on any parameter a notebook does not declare
+    assert set(profile.chapters) <= set(profiles.chapter_stems())
     assert profile.parameters("01_origin_of_redundancy")["corpus"] == profile.corpus
 
 
 def test_toc_lists_every_chapter_and_every_page_exists():
-    assert book.toc_chapters() == book.chapter_stems()
-    assert len(book.chapter_stems()) == 5
+    assert rendering.toc_chapters() == profiles.chapter_stems()
+    assert len(profiles.chapter_stems()) == 5
     toc = (REPO_ROOT / "_toc.yml").read_text()
     for page in ("intro", "data", "method", "results", "paper_scale"):
         assert f"book/{page}" in toc and (REPO_ROOT / "book" / f"{page}.md").is_file()
 
 
 def test_chapter_parameters_override_common():
-    profile = book.load_profile("default")
+    profile = profiles.load_profile("default")
     assert profile.parameters("04_speech_translation")["speech_llms"] == ["qwen2.5-coder-0.5b"]
     assert profile.parameters("03_asr_across_scales")["speech_llms"] == profile.common["speech_llms"]
 
@@ -52,55 +52,55 @@ def test_chapter_parameters_override_common():
 def test_undeclared_parameter_is_an_error_naming_chapter_and_parameter(tmp_path):
     path = write_profile(tmp_path, chapters={"02_healing_dynamics": {"healing_stepz": 3}})
     with pytest.raises(UserError, match=r"02_healing_dynamics does not declare healing_stepz.*parameters"):
-        book.validate_profile(book.load_profile(path))
+        profiles.validate_profile(profiles.load_profile(path))
 
 
 def test_common_parameters_reach_only_the_chapters_that_declare_them(tmp_path):
     raw_common = {"device": "cpu", "healing_steps": 2}
-    profile = book.load_profile(write_profile(tmp_path, common=raw_common, chapters={}))
-    book.validate_profile(profile)
-    assert "healing_steps" in book.chapter_parameters("03_asr_across_scales")
+    profile = profiles.load_profile(write_profile(tmp_path, common=raw_common, chapters={}))
+    profiles.validate_profile(profile)
+    assert "healing_steps" in profiles.chapter_parameters("03_asr_across_scales")
     assert profile.parameters("03_asr_across_scales")["healing_steps"] == 2
-    assert "healing_steps" not in book.chapter_parameters("05_efficiency")
+    assert "healing_steps" not in profiles.chapter_parameters("05_efficiency")
     assert "healing_steps" not in profile.parameters("05_efficiency")  # papermill would only warn
-    typo = book.load_profile(write_profile(tmp_path, common={"whisper_windw": "trim"}, chapters={}))
+    typo = profiles.load_profile(write_profile(tmp_path, common={"whisper_windw": "trim"}, chapters={}))
     with pytest.raises(UserError, match="no chapter declares the common parameter.*whisper_windw"):
-        book.validate_profile(typo)
+        profiles.validate_profile(typo)
 
 
 def test_profile_errors(tmp_path):
     with pytest.raises(UserError, match="not found: pass one of .*smoke"):
-        book.load_profile("no-such-profile")
+        profiles.load_profile("no-such-profile")
     with pytest.raises(UserError, match="unknown top-level keys"):
-        book.load_profile(write_profile(tmp_path, extra=1))
+        profiles.load_profile(write_profile(tmp_path, extra=1))
     with pytest.raises(UserError, match="do not exist"):
-        book.validate_profile(book.load_profile(write_profile(tmp_path, chapters={"06_nope": {}})))
+        profiles.validate_profile(profiles.load_profile(write_profile(tmp_path, chapters={"06_nope": {}})))
     with pytest.raises(UserError, match="not found"):
-        book.select_chapters(["09"])
-    assert book.select_chapters(["02"]) == ["02_healing_dynamics"]
+        profiles.select_chapters(["09"])
+    assert profiles.select_chapters(["02"]) == ["02_healing_dynamics"]
 
 
 def test_render_without_executed_chapters_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path))
     with pytest.raises(UserError, match=r"make notebooks PROFILE=smoke"):
-        book.render(book.load_profile("smoke"))
+        rendering.render(profiles.load_profile("smoke"))
 
 
 def test_mathjax_fetch_errors_name_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path))
-    monkeypatch.setattr(book.shutil, "which", lambda name: None)
+    monkeypatch.setattr(vendoring.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="npm is not installed.*apt-get install npm"):
-        book.mathjax_dir()
+        vendoring.mathjax_dir()
     (tmp_path / "vendor").mkdir()
-    (tmp_path / "vendor" / f"mathjax-{book.MATHJAX_VERSION}.tgz").write_bytes(b"not mathjax")
+    (tmp_path / "vendor" / f"mathjax-{vendoring.MATHJAX_VERSION}.tgz").write_bytes(b"not mathjax")
     with pytest.raises(UserError, match="sha512.*delete it"):
-        book.mathjax_dir()
-    assert not (tmp_path / "vendor" / f"mathjax-{book.MATHJAX_VERSION}").exists()
+        vendoring.mathjax_dir()
+    assert not (tmp_path / "vendor" / f"mathjax-{vendoring.MATHJAX_VERSION}").exists()
 
 
 def test_cli_check_and_params(capsys):
     parser = argparse.ArgumentParser()
-    book.register(parser.add_subparsers())
+    book_cli.register(parser.add_subparsers())
 
     def main(argv):
         args = parser.parse_args(argv)
@@ -127,22 +127,63 @@ print("x is", x)
 
 def test_failed_chapter_leaves_no_executed_notebook_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.setattr(book, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", tmp_path / "notebooks")
     (tmp_path / "notebooks").mkdir()
     source = tmp_path / "notebooks" / "01_try.py"
     source.write_text(CHAPTER + 'raise RuntimeError("boom")\n')
-    profile = book.load_profile(write_profile(tmp_path, chapters={}, common={"x": 2}))
-    out = book.executed_path(profile, "01_try")
+    profile = profiles.load_profile(write_profile(tmp_path, chapters={}, common={"x": 2}))
+    out = chapter_runs.executed_path(profile, "01_try")
     with pytest.raises(UserError, match=r"01_try failed in cell .*RuntimeError: boom.*make notebooks"):
-        book.run_chapters(profile)
+        chapter_runs.run_chapters(profile)
     assert not out.exists() and out.with_suffix(".failed.ipynb").exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
     source.write_text(CHAPTER)
-    book.run_chapters(profile)
+    chapter_runs.run_chapters(profile)
     assert "x is 2" in out.read_text() and not out.with_suffix(".failed.ipynb").exists()
-    book.run_chapters(profile)
+    chapter_runs.run_chapters(profile)
     assert capsys.readouterr().out.count("up to date, skipped") == 1
+
+
+def test_a_chapter_is_stale_only_when_its_source_parameters_or_library_change(tmp_path, monkeypatch):
+    """Freshness compares hashes of what the chapter ran: touching a file changes nothing, editing it (or a
+    parameter the chapter takes) makes the chapter stale, and undoing the edit makes it fresh again."""
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    library = tmp_path / "lib"
+    library.mkdir()
+    module = library / "module.py"
+    module.write_text("ANSWER = 1\n")
+    monkeypatch.setattr(chapter_runs, "LIBRARY_DIR", library)
+    (tmp_path / "notebooks").mkdir()
+    source = tmp_path / "notebooks" / "01_try.py"
+    source.write_text(CHAPTER)
+    profile = profiles.load_profile(write_profile(tmp_path, chapters={}, common={"x": 2}))
+    assert chapter_runs.stale_inputs(profile, "01_try") == ["not executed (or its results not recorded)"]
+    chapter_runs.run_chapters(profile)
+    assert chapter_runs.inputs_path(profile, "01_try").is_file()
+    assert chapter_runs.is_fresh(profile, "01_try")
+
+    for path in (source, module, profile.path):
+        later = path.stat().st_mtime + 60
+        os.utime(path, (later, later))
+    assert chapter_runs.is_fresh(profile, "01_try")
+    unused = profiles.load_profile(write_profile(tmp_path, chapters={}, common={"x": 2, "device": "gpu"}))
+    assert chapter_runs.is_fresh(unused, "01_try")  # a setting the chapter does not declare is not passed
+
+    source.write_text(CHAPTER + 'print("and more")\n')
+    assert chapter_runs.stale_inputs(profile, "01_try") == ["its source changed"]
+    source.write_text(CHAPTER)
+    assert chapter_runs.is_fresh(profile, "01_try")
+    for common, chapters in (({"x": 3}, {}), ({"x": 2}, {"01_try": {"x": 3}})):
+        changed = profiles.load_profile(write_profile(tmp_path, chapters=chapters, common=common))
+        assert chapter_runs.stale_inputs(changed, "01_try") == ["its parameters changed"]
+    module.write_text("ANSWER = 2\n")
+    assert chapter_runs.stale_inputs(profile, "01_try") == ["the library changed"]
+    module.write_text("ANSWER = 1\n")
+    assert chapter_runs.is_fresh(profile, "01_try")
+    (library / "new.py").write_text("")
+    assert chapter_runs.stale_inputs(profile, "01_try") == ["the library changed"]
 
 
 # ------------------------------------------------------------------------ the smoke book, run and rendered
@@ -161,7 +202,7 @@ class _Unknown(logging.Handler):
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
     """Run every smoke chapter and render the book in a private artifacts dir."""
-    shared_mathjax = book.mathjax_dir()  # fetched once into the shared cache, then reused by every run
+    shared_mathjax = vendoring.mathjax_dir()  # fetched once into the shared cache, then reused by every run
     root = tmp_path_factory.mktemp("artifacts")
     shutil.copytree(shared_mathjax, root / "vendor" / shared_mathjax.name)
     before = os.environ.get("SPEECHLLM_ARTIFACTS")
@@ -169,9 +210,9 @@ def smoke_book(tmp_path_factory):
     unknown = _Unknown()
     logging.getLogger("papermill").addHandler(unknown)
     try:
-        profile = book.load_profile("smoke")
-        executed = book.run_chapters(profile)
-        html = book.render(profile)
+        profile = profiles.load_profile("smoke")
+        executed = chapter_runs.run_chapters(profile)
+        html = rendering.render(profile)
         yield {"profile": profile, "executed": executed, "html": html, "unknown": unknown.messages}
     finally:
         logging.getLogger("papermill").removeHandler(unknown)
@@ -195,8 +236,8 @@ def test_smoke_results_file_and_page(smoke_book):
     """results.json holds every chapter's baselines, verdicts and minutes; the results page shows them."""
     from speechllm_redundancy import results
 
-    merged = json.loads(book.results_path(smoke_book["profile"]).read_text())
-    assert merged["profile"] == "smoke" and merged["chapters"] == book.chapter_stems()
+    merged = json.loads(chapter_runs.results_path(smoke_book["profile"]).read_text())
+    assert merged["profile"] == "smoke" and merged["chapters"] == profiles.chapter_stems()
     assert list(merged["claims"]) == [str(n) for n in results.CLAIMS]
     for number, claim in merged["claims"].items():
         assert claim["chapter"] == results.CLAIMS[int(number)][0]
@@ -214,14 +255,14 @@ def test_smoke_results_file_and_page(smoke_book):
     for r in rows:
         assert r["metric"] == ("wer" if r["task"] == "asr" else "bleu") and r["chance"] is not None
         assert r["score"] is None or r["score"] >= 0
-    assert set(merged["minutes"]) == set(book.chapter_stems())
+    assert set(merged["minutes"]) == set(profiles.chapter_stems())
     assert all(m["execution"] > 0 for m in merged["minutes"].values())
     assert merged["minutes"]["01_origin_of_redundancy"]["training"] > 0  # a fresh cache: chapter 1 trains
     assert merged["settings"]["02_healing_dynamics"]["recipe"] == "paper"
 
     page = html.unescape((smoke_book["html"] / "book" / "results.html").read_text()).replace("’", "'")
-    for claim in merged["claims"].values():
-        assert claim["verdict"][len(claim["status"]):] in page
+    for claim in merged["claims"].values():  # each row: the status and its deciding numbers; details in the chapter
+        assert claim["summary"] and claim["summary"] in page
     row = next(r for r in rows if r["metric"] == "wer" and r["score"] is not None)
     assert f"{100 * row['score']:.1f} % WER" in page and row["model"] in page
     assert (smoke_book["html"] / "_downloads").is_dir() and "results.json" in page  # offered for download
@@ -239,30 +280,15 @@ def test_rendered_chapters_show_no_stderr_warnings_or_machine_paths(smoke_book):
 
 def test_second_run_skips_up_to_date_chapters(smoke_book, capsys):
     mtimes = [p.stat().st_mtime for p in smoke_book["executed"]]
-    book.run_chapters(smoke_book["profile"])
+    chapter_runs.run_chapters(smoke_book["profile"])
     assert capsys.readouterr().out.count("up to date, skipped") == 5
     assert [p.stat().st_mtime for p in smoke_book["executed"]] == mtimes
-
-
-def test_a_library_edit_makes_executed_chapters_stale(smoke_book, tmp_path, monkeypatch):
-    """A chapter executed before the library changed may state what the code no longer computes."""
-    stem = book.chapter_stems()[0]
-    library = tmp_path / "lib"
-    library.mkdir()
-    module = library / "module.py"
-    module.write_text("")
-    executed = book.executed_path(smoke_book["profile"], stem).stat().st_mtime
-    monkeypatch.setattr(book, "LIBRARY_DIR", library)
-    os.utime(module, (executed - 60, executed - 60))
-    assert book.is_fresh(smoke_book["profile"], stem)
-    os.utime(module, (executed + 60, executed + 60))
-    assert not book.is_fresh(smoke_book["profile"], stem)
 
 
 def test_rendered_book_has_every_page_and_local_mathjax(smoke_book):
     html = smoke_book["html"]
     for page in ("book/intro", "book/data", "book/method", "book/results", "book/paper_scale",
-                 *(f"notebooks/{s}" for s in book.chapter_stems())):
+                 *(f"notebooks/{s}" for s in profiles.chapter_stems())):
         assert (html / f"{page}.html").is_file(), page
     assert (html / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
     method = (html / "book" / "method.html").read_text()
@@ -281,7 +307,7 @@ def _needs_chromium():
 def test_every_page_renders_in_headless_chromium_offline(smoke_book, capsys):
     """What `make book` ends with (`book verify`): every page, its figures, MathJax, the verdicts."""
     _needs_chromium()
-    book.verify_rendered(smoke_book["profile"])
+    rendering.verify_rendered(smoke_book["profile"])
     assert "pages load in headless Chromium" in capsys.readouterr().out
 
 
@@ -310,4 +336,4 @@ def test_browser_check_reports_outside_requests_missing_assets_and_figures(tmp_p
 def test_verify_without_a_rendered_book_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path))
     with pytest.raises(UserError, match="make html PROFILE=smoke"):
-        book.verify_rendered(book.load_profile("smoke"))
+        rendering.verify_rendered(profiles.load_profile("smoke"))

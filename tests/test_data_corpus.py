@@ -296,14 +296,14 @@ def test_config_from_names_yaml_and_errors(tmp_path):
     assert corpus_config("smoke").train == 48 and corpus_config("default").train == 20000
     assert corpus_name(corpus_config("default")) == "default"
     profile = tmp_path / "mine.yaml"
-    profile.write_text("model: x\ncorpus:\n  size: smoke\n  train: 64\n  seed: 3\n")
+    profile.write_text("models: [tiny-llama]\ncorpus:\n  size: smoke\n  train: 64\n  seed: 3\n")
     cfg = corpus_config(profile)
     assert (cfg.size, cfg.train, cfg.test, cfg.seed) == ("smoke", 64, 8, 3)
     assert corpus_name(cfg).startswith("smoke-")
     profile.write_text("corpus:\n  size: smoke\n  trian: 64\n")
     with pytest.raises(UserError, match="unknown corpus setting\\(s\\) trian"):
         corpus_config(profile)
-    with pytest.raises(UserError, match="neither a preset"):
+    with pytest.raises(UserError, match="none.yaml' not found: pass one of .*smoke"):
         corpus_config(tmp_path / "none.yaml")
     with pytest.raises(UserError, match="corpus size 'huge' unknown"):
         corpus_config({"size": "huge"})

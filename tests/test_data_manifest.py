@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 
 from speechllm_redundancy.data.audio import load_audio, write_wav
-from speechllm_redundancy.data.manifest import Utterance, read_manifest, validate_manifest, write_manifest
+from speechllm_redundancy.data.manifest import (Utterance, read_manifest, targets, validate_manifest,
+                                                write_manifest)
 from speechllm_redundancy.errors import UserError
 
 
@@ -46,6 +47,18 @@ def test_roundtrip_keeps_paths_relative_and_fields(corpus_dir):
     back = read_manifest(path)
     assert back == utts
     assert validate_manifest(path) == {"utterances": 2, "hours": pytest.approx(1.5 / 3600)}
+
+
+def test_target_is_the_transcript_or_the_translation():
+    asr = Utterance("a", "a.wav", 1.0, 16000, "hello there")
+    ast = Utterance("b", "b.wav", 1.0, 16000, "guten tag", "de", "en", "good day")
+    assert asr.target("asr") == "hello there" and ast.target("ast-de-en") == "good day"
+    assert ast.target("asr") == "guten tag"  # a translation row's transcript is its source sentence
+    with pytest.raises(UserError, match=r"^1 utterance\(s\) have no translation for task 'ast-en-de' \('a'\)"):
+        asr.target("ast-en-de")
+    blank = Utterance("c", "c.wav", 1.0, 16000, "hi", "en", "de", " ")
+    with pytest.raises(UserError, match=r"^m.jsonl: 2 utterance\(s\) have no translation .*\('a', 'c'\)"):
+        targets([asr, ast, blank], "ast-en-de", "m.jsonl")
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,8 @@ def weights(final: Path) -> dict[str, torch.Tensor]:
     """Every trained tensor a saved SLAM model holds (projector, prompt, CTC head, adapters)."""
     from safetensors.torch import load_file
 
-    return {f"{f.name}:{k}": v for f in sorted(final.glob("*.safetensors")) for k, v in load_file(f).items()}
+    return {f"{f.relative_to(final)}:{k}": v for f in sorted(final.rglob("*.safetensors"))
+            for k, v in load_file(f).items()}
 
 
 def assert_same_weights(one: Path, two: Path) -> None:
@@ -150,7 +151,7 @@ def decoder_model(tiny, directory: Path) -> Path:
     model = SlamModel(config)
     with torch.no_grad():
         model.projector.net[-1].weight.mul_(40)  # speech loud enough to steer the random decoder
-    return model.save(directory)
+    return model.save_pretrained(directory)
 
 
 def test_two_processes_decode_what_one_process_decodes_in_the_same_order(tiny, tmp_path):
@@ -183,7 +184,7 @@ def heal_run(out: Path) -> None:
 def test_two_processes_heal_what_one_process_heals(tiny, tmp_path):
     launch([str(Path(__file__).resolve()), "heal", str(tmp_path / "two")], tiny["artifacts"])
     heal_run(tmp_path / "one")
-    assert (tmp_path / "two" / "final" / "adapters.safetensors").exists()
+    assert (tmp_path / "two" / "final" / "adapters" / "healing" / "adapter_model.safetensors").exists()
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
 
 

@@ -23,7 +23,7 @@ import torch
 
 from redundancy_tiny import save_tiny
 from slam_tiny import save_tiny_llm, tone, write_manifest_dir
-from speechllm_redundancy import book
+from speechllm_redundancy import chapter_runs, profiles
 from speechllm_redundancy.cli import main as cli_main
 from speechllm_redundancy.encoders import SpeechEncoder
 from speechllm_redundancy.errors import UserError
@@ -107,7 +107,7 @@ def test_a_translation_row_without_translation_stops_training_and_evaluation_bef
                                                                                               whisper_dir):
     from speechllm_redundancy.evaluation import evaluate_slam
     from speechllm_redundancy.slam import SlamConfig
-    from speechllm_redundancy.training import train_slam
+    from speechllm_redundancy.training import train_from_configs
 
     manifest = write_manifest_dir(tmp_path / "corpus")
     for i in range(5):
@@ -117,7 +117,7 @@ def test_a_translation_row_without_translation_stops_training_and_evaluation_bef
                r"each its `translation`, or use a manifest built for this task")
     config = SlamConfig(encoder=whisper_dir, llm=save_tiny_llm(tmp_path / "llm"))
     with pytest.raises(UserError, match=message):
-        train_slam(config, TrainConfig(steps=1), manifest, task="ast-en-de", progress=False)
+        train_from_configs(config, TrainConfig(steps=1), manifest, task="ast-en-de", progress=False)
     model = SimpleNamespace(config=config)  # evaluate_slam must refuse before it touches the model
     with pytest.raises(UserError, match=message):
         evaluate_slam(model, manifest, task="ast-en-de")
@@ -125,27 +125,27 @@ def test_a_translation_row_without_translation_stops_training_and_evaluation_bef
 
 
 def test_a_profile_naming_an_unknown_model_or_chapter_is_refused_before_running(tmp_path):
-    typo = book.load_profile(write_profile(tmp_path, models=["tiny-llama", "tiny-lama"]))
+    typo = profiles.load_profile(write_profile(tmp_path, models=["tiny-llama", "tiny-lama"]))
     with pytest.raises(UserError, match=r"custom.yaml names models that cannot be loaded: `models`: unknown "
                                         r"model name 'tiny-lama'; known names: .*tiny-llama"):
-        book.validate_profile(typo)
-    common = book.load_profile(write_profile(tmp_path, common={"speech_llms": ["smolm2-135m"]}))
+        profiles.validate_profile(typo)
+    common = profiles.load_profile(write_profile(tmp_path, common={"speech_llms": ["smolm2-135m"]}))
     with pytest.raises(UserError, match=r"`common.speech_llms`: unknown model name 'smolm2-135m'"):
-        book.validate_profile(common)
+        profiles.validate_profile(common)
     chapters = {"03_asr_across_scales": {"encoder": "./nope/enc"}}
-    path = book.load_profile(write_profile(tmp_path, chapters=chapters))
+    path = profiles.load_profile(write_profile(tmp_path, chapters=chapters))
     with pytest.raises(UserError, match=r"`chapters.03_asr_across_scales.encoder`: no such directory: "
                                         r"./nope/enc"):
-        book.validate_profile(path)
+        profiles.validate_profile(path)
     per_direction = {"04_speech_translation": {"ast_encoder": {"fr-en": "tiny-whisperr"}}}
-    path = book.load_profile(write_profile(tmp_path, chapters=per_direction))
+    path = profiles.load_profile(write_profile(tmp_path, chapters=per_direction))
     with pytest.raises(UserError, match=r"`chapters.04_speech_translation.ast_encoder.fr-en`: unknown model name "
                                         r"'tiny-whisperr'"):
-        book.validate_profile(path)
-    chapter = book.load_profile(write_profile(tmp_path, chapters={"06_nope": {}}))
+        profiles.validate_profile(path)
+    chapter = profiles.load_profile(write_profile(tmp_path, chapters={"06_nope": {}}))
     with pytest.raises(UserError, match=r"names chapters \['06_nope'\] that do not exist: use notebook "
                                         r"stems"):
-        book.validate_profile(chapter)
+        profiles.validate_profile(chapter)
 
 
 def test_pruning_zero_layers_is_refused_and_writes_nothing(tmp_path, capsys):
@@ -265,15 +265,15 @@ def test_an_altered_walk_point_that_still_parses_is_recomputed(tmp_path):
 def test_a_damaged_final_slam_model_is_refused_naming_the_file_and_the_fix(tmp_path):
     cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1)
     train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
-    _flip_last_byte(tmp_path / "run" / "final" / "projector.safetensors")
-    with pytest.raises(UserError, match=r"final/projector.safetensors is damaged \(its sha256 differs .*\): "
+    _flip_last_byte(tmp_path / "run" / "final" / "model.safetensors")
+    with pytest.raises(UserError, match=r"final/model.safetensors is damaged \(its sha256 differs .*\): "
                                         r"delete \S*run to train it again"):
         train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
-    with pytest.raises(UserError, match=r"projector.safetensors is damaged .*: delete \S*final and save the "
+    with pytest.raises(UserError, match=r"model.safetensors is damaged .*: delete \S*final and save the "
                                         r"model again"):
         make().load_weights(tmp_path / "run" / "final")
-    (tmp_path / "run" / "final" / "projector.safetensors").write_bytes(b"")  # truncated: named by its size
-    with pytest.raises(UserError, match=r"projector.safetensors is damaged \(0 bytes, \d+ when written\)"):
+    (tmp_path / "run" / "final" / "model.safetensors").write_bytes(b"")  # truncated: named by its size
+    with pytest.raises(UserError, match=r"model.safetensors is damaged \(0 bytes, \d+ when written\)"):
         train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
 
 
@@ -649,10 +649,10 @@ results.record_baseline("toy", "frozen decoder", "asr", scores)
 BOOK_RUN = """
     import sys
     from pathlib import Path
-    from speechllm_redundancy import book
+    from speechllm_redundancy import profiles
     from speechllm_redundancy.cli import main
 
-    book.NOTEBOOKS_DIR = Path(sys.argv[1])
+    profiles.NOTEBOOKS_DIR = Path(sys.argv[1])
     sys.exit(main(["book", "run", "--profile", sys.argv[2]]))
 """
 
@@ -678,9 +678,9 @@ def _alive(pid: int) -> bool:
 
 def _executed(profile, stem) -> tuple[list, dict]:
     """What a chapter's run showed and recorded, less what differs from run to run (timings, ids)."""
-    nb = json.loads(book.executed_path(profile, stem).read_text())
+    nb = json.loads(chapter_runs.executed_path(profile, stem).read_text())
     outputs = [c["outputs"] for c in nb["cells"] if c["cell_type"] == "code"]
-    fragment = json.loads(book.fragment_path(profile, stem).read_text())
+    fragment = json.loads(chapter_runs.fragment_path(profile, stem).read_text())
     return outputs, {k: v for k, v in fragment.items() if k != "minutes"}
 
 
@@ -694,9 +694,9 @@ def test_a_chapter_run_killed_midway_leaves_no_executed_chapter_and_reruns_to_th
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     (notebooks / "01_toy.py").write_text(TOY_CHAPTER)
-    monkeypatch.setattr(book, "NOTEBOOKS_DIR", notebooks)
-    profile = book.load_profile(write_profile(tmp_path, chapters={}, common={"points": 5, "delay": 0.6}))
-    book.ensure_kernel()  # installed here, not raced for by the run
+    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", notebooks)
+    profile = profiles.load_profile(write_profile(tmp_path, chapters={}, common={"points": 5, "delay": 0.6}))
+    chapter_runs.ensure_kernel()  # installed here, not raced for by the run
     artifacts, log = tmp_path / "artifacts", tmp_path / "killed.log"
     run = _start(BOOK_RUN, artifacts, log, notebooks, profile.path)
     kernels = []
@@ -712,19 +712,19 @@ def test_a_chapter_run_killed_midway_leaves_no_executed_chapter_and_reruns_to_th
         time.sleep(0.1)
     assert not any(map(_alive, kernels))  # orphaned, it noticed and exited: it writes nothing more
 
-    out = book.executed_path(profile, "01_toy")
-    assert not out.exists() and not book.fragment_path(profile, "01_toy").exists()
+    out = chapter_runs.executed_path(profile, "01_toy")
+    assert not out.exists() and not chapter_runs.fragment_path(profile, "01_toy").exists()
     assert _entries(out.parent) == []  # only the dot-named temporaries of the killed writers
-    assert not book.is_fresh(profile, "01_toy")
+    assert not chapter_runs.is_fresh(profile, "01_toy")
     stored = _entries(artifacts / "points")
     assert 2 <= len(stored) < 5
     computed = (artifacts / "computed.log").read_text().split()
 
-    book.run_chapters(profile)
+    chapter_runs.run_chapters(profile)
     recomputed = (artifacts / "computed.log").read_text().split()[len(computed):]
     assert sorted(recomputed) == sorted({str(i) for i in range(5)} - {p[6:-5] for p in stored})
     resumed = _executed(profile, "01_toy")
 
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "straight"))
-    book.run_chapters(profile)
+    chapter_runs.run_chapters(profile)
     assert resumed == _executed(profile, "01_toy")

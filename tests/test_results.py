@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from speechllm_redundancy import book, results
+from speechllm_redundancy import chapter_runs, profiles, report, results
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import REPO_ROOT
+from speechllm_redundancy.verdicts import ClaimVerdict
 
 
 @pytest.fixture
@@ -32,13 +33,14 @@ def read(path):
 
 
 def test_verdict_status_comes_from_the_decision_and_names_variant_and_recipe(fragment):
-    book.glue_verdict(1, np.bool_(True), "paths agree on 80 % of block sizes", variant="frozen decoders",
-                      recipe="cpu")
-    book.glue_verdict(2, None, "the profile trains no LoRA model", variant="frozen vs LoRA decoder",
-                      recipe="cpu")
-    book.glue_verdict(7, False, "saved 10 % of decoding time", variant="smollm2-135m decoder alone, cpu")
+    report.glue_verdict(ClaimVerdict(1, np.bool_(True), "paths agree on 80 % of block sizes", "80 % agree",
+                                     "frozen decoders", "cpu"))
+    report.glue_verdict(ClaimVerdict(2, None, "the profile trains no LoRA model", "no LoRA model",
+                                     "frozen vs LoRA decoder", "cpu"))
+    report.glue_verdict(ClaimVerdict(7, False, "saved 10 % of decoding time", "10 % saved",
+                                     "smollm2-135m decoder alone, cpu"))
     claims = read(fragment)["claims"]
-    assert claims["1"] == {"status": "holds", "variant": "frozen decoders, cpu recipe",
+    assert claims["1"] == {"status": "holds", "variant": "frozen decoders, cpu recipe", "summary": "80 % agree",
                            "verdict": "holds on this run (frozen decoders, cpu recipe): paths agree on 80 % "
                                       "of block sizes"}
     assert claims["2"]["status"] == "not testable"
@@ -47,7 +49,7 @@ def test_verdict_status_comes_from_the_decision_and_names_variant_and_recipe(fra
     assert claims["7"]["verdict"] == "does not hold on this run (smollm2-135m decoder alone, cpu): saved 10 % " \
                                      "of decoding time"
     with pytest.raises(UserError, match="not one of the paper's claims"):
-        book.glue_verdict(8, True, "x", variant="v")
+        report.glue_verdict(ClaimVerdict(8, True, "x", "x", "v"))
 
 
 def test_baselines_are_stored_on_the_results_scale_and_replaced_when_recorded_again(fragment):
@@ -83,7 +85,7 @@ def test_recording_outside_book_run_does_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv(results.FRAGMENT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     results.record_baseline("m", "frozen decoder", "asr", {"test-clean": 20.0})
-    assert results.record_claim(5, True, "x", variant="v") == "holds on this run (v): x"
+    assert results.record_claim(ClaimVerdict(5, True, "x", "x", "v")) == "holds on this run (v): x"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -102,13 +104,13 @@ def test_a_fragment_is_kept_only_when_the_execution_succeeds_with_its_minutes(tm
     path = tmp_path / "02_x.results.json"
     with pytest.raises(RuntimeError, match="cell failed"):
         with results.collecting(path, "02_x"):
-            results.record_claim(4, True, "x", variant="v")
+            results.record_claim(ClaimVerdict(4, True, "x", "x", "v"))
             raise RuntimeError("cell failed")
     assert not path.exists() and list(tmp_path.iterdir()) == [artifacts]
     assert os.environ.get(results.FRAGMENT_ENV) is None
 
     with results.collecting(path, "02_x"):
-        results.record_claim(4, False, "x", variant="v")
+        results.record_claim(ClaimVerdict(4, False, "x", "x", "v"))
         finished_run(artifacts / "slam" / "warm-start", 1.5)
         finished_run(artifacts / "slam" / "model", 2.25)
         finished_run(artifacts / "sweeps" / "asr-key" / "heal-n1-both-key", 0.5)
@@ -120,8 +122,8 @@ def test_a_fragment_is_kept_only_when_the_execution_succeeds_with_its_minutes(tm
 
 def fake_fragment(chapter, claims=(), rows=(), minutes=None):
     return {"chapter": chapter, "settings": {"recipe": "cpu"}, "minutes": minutes or {"execution": 1.25},
-            "claims": {str(n): {"status": status, "verdict": f"{status} on this run (v): found {n} |x|",
-                                "variant": "v"} for n, status in claims},
+            "claims": {str(n): {"status": status, "verdict": f"{status} on this run (v): found {n} |x| and more",
+                                "variant": "v", "summary": f"found {n} |x|"} for n, status in claims},
             "baselines": [{"chapter": chapter, **row} for row in rows]}
 
 
@@ -161,12 +163,15 @@ def test_merge_joins_the_chapters_and_refuses_conflicts():
         results.merge(odd, "smoke")
 
 
-def test_results_page_shows_every_verdict_and_the_baseline_numbers():
+def test_results_page_shows_each_verdicts_status_and_summary_and_the_baseline_numbers():
+    """A claim's row: its status and deciding numbers, the whole verdict left to the chapter it links to."""
     template = (REPO_ROOT / "book" / "results.md").read_text()
     text = results.page(template, results.merge(every_claim(), "smoke"))
     assert "<!-- results.json" not in text
     assert "| 2 | LoRA on the decoder lowers" in text
-    assert "**not testable** on this run (v): found 2 \\|x\\| |" in text  # a pipe cannot end the cell
+    # a pipe cannot end the cell
+    assert "| **not testable**: found 2 \\|x\\| | {doc}`ch. 1 <../notebooks/01_origin_of_redundancy>` |" in text
+    assert "and more" not in text
     assert "{doc}`ch. 4 <../notebooks/04_speech_translation>`" in text
     assert "| 25.3 % WER | 100.0 % WER | – |" in text
     assert "| 12.50 BLEU | 1.50 BLEU | 20.00 BLEU |" in text
@@ -174,8 +179,12 @@ def test_results_page_shows_every_verdict_and_the_baseline_numbers():
 
     partial = every_claim()
     del partial["02_healing_dynamics"]
-    with pytest.raises(UserError, match=r"no verdict on claim\(s\) 4 .*re-run 02_healing_dynamics"):
+    with pytest.raises(UserError, match=r"no verdict with a summary on claim\(s\) 4 .*re-run 02_healing_dynamics"):
         results.page(template, results.merge(partial, "smoke"))
+    unsummarised = every_claim()  # recorded before verdicts had summaries
+    del unsummarised["03_asr_across_scales"]["claims"]["5"]["summary"]
+    with pytest.raises(UserError, match=r"claim\(s\) 5 .*re-run 03_asr_across_scales"):
+        results.page(template, results.merge(unsummarised, "smoke"))
     with pytest.raises(UserError, match="no `<!-- results.json: minutes -->` line"):
         results.page(template.replace(results.marker("minutes"), ""), results.merge(every_claim(), "smoke"))
 
@@ -185,11 +194,12 @@ corpus = {{}}
 x = 1
 
 # %%
-from speechllm_redundancy.book import glue_verdict, settings_table
+from speechllm_redundancy.report import glue_verdict, settings_table
 from speechllm_redundancy.results import record_baseline
+from speechllm_redundancy.verdicts import ClaimVerdict
 
 record_baseline("m", "frozen decoder", "asr", {{"test-clean": 20.0 + x}}, {{"test-clean": 100.0}}, recipe="paper")
-glue_verdict({claim}, x > 1, f"x is {{x}}", variant="frozen decoder", recipe="paper")
+glue_verdict(ClaimVerdict({claim}, x > 1, f"x is {{x}}", f"x {{x}}", "frozen decoder", "paper"))
 settings_table(dict(x=x))
 """
 
@@ -197,17 +207,17 @@ settings_table(dict(x=x))
 def test_book_run_merges_what_each_chapter_recorded(tmp_path, monkeypatch):
     """Through papermill and a real kernel: the kernel finds its fragment, `book run` merges them."""
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.setattr(book, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", tmp_path / "notebooks")
     (tmp_path / "notebooks").mkdir()
     for stem, claim in (("01_a", 1), ("02_b", 4)):
         (tmp_path / "notebooks" / f"{stem}.py").write_text(CHAPTER.format(claim=claim))
     raw = yaml.safe_load((REPO_ROOT / "profiles" / "smoke.yaml").read_text())
     raw.update(chapters={}, common={"x": 2})
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    profile = book.load_profile(tmp_path / "p.yaml")
-    book.run_chapters(profile)
+    profile = profiles.load_profile(tmp_path / "p.yaml")
+    chapter_runs.run_chapters(profile)
 
-    merged = read(book.results_path(profile))
+    merged = read(chapter_runs.results_path(profile))
     assert merged["chapters"] == ["01_a", "02_b"]
     assert {n: c["status"] for n, c in merged["claims"].items()} == {"1": "holds", "4": "holds"}
     assert merged["claims"]["4"]["verdict"] == "holds on this run (frozen decoder, paper recipe): x is 2"
@@ -216,7 +226,7 @@ def test_book_run_merges_what_each_chapter_recorded(tmp_path, monkeypatch):
     assert all(m["execution"] > 0 and m["training"] == 0 for m in merged["minutes"].values())
 
     # a chapter that recorded nothing (executed before results were recorded) is not up to date
-    book.fragment_path(profile, "02_b").unlink()
-    assert book.is_fresh(profile, "01_a") and not book.is_fresh(profile, "02_b")
+    chapter_runs.fragment_path(profile, "02_b").unlink()
+    assert chapter_runs.is_fresh(profile, "01_a") and not chapter_runs.is_fresh(profile, "02_b")
     with pytest.raises(UserError, match="02_b .*recorded no results.*make notebooks"):
-        book.merged_results(profile, require=["01_a", "02_b"])
+        chapter_runs.merged_results(profile, require=["01_a", "02_b"])

@@ -6,7 +6,10 @@ import torch
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifacts_dir
-from speechllm_redundancy.sweep import manifest_evaluator, path_sizes, removable, text_angles, walk_path
+from speechllm_redundancy.data.manifest import Utterance, write_manifest
+from speechllm_redundancy.evaluation import chance_score
+from speechllm_redundancy.sweep import (chance_scores, manifest_evaluator, path_sizes, removable, text_angles,
+                                        walk_path)
 from speechllm_redundancy.training import TrainConfig
 from test_training import make, toy_data
 
@@ -97,12 +100,28 @@ def test_manifest_evaluator_passes_its_limits(monkeypatch):
 
     monkeypatch.setattr("speechllm_redundancy.evaluation.evaluate_slam", fake)
     assert manifest_evaluator({"a": "a.jsonl"}, limit=4, max_new_tokens=8)(None, "a") == 12.5
-    assert manifest_evaluator({"a": "a.jsonl"})(None, "a") == 12.5
-    assert seen == [("a.jsonl", "asr", 4, {"max_new_tokens": 8}), ("a.jsonl", "asr", None, {})]
+    assert manifest_evaluator({"a": "a.jsonl"}, progress=False)(None, "a") == 12.5
+    assert seen == [("a.jsonl", "asr", 4, {"max_new_tokens": 8, "progress": True}),
+                    ("a.jsonl", "asr", None, {"progress": False})]
     with pytest.raises(UserError, match="no manifest for evaluation set 'b'"):
         manifest_evaluator({"a": "a.jsonl"})(None, "b")
     with pytest.raises(UserError, match="positive"):
         manifest_evaluator({"a": "a.jsonl"}, max_new_tokens=0)
+
+
+def test_chance_scores_read_each_sets_targets(tmp_path):
+    rows = [("the cat sat", "die katze sass"), ("a dog ran far", "ein hund lief weit"),
+            ("birds sing", "vögel singen")]
+    utts = [Utterance(f"u{i}", "u.wav", 1.0, 16000, text, "en", "de", translation)
+            for i, (text, translation) in enumerate(rows)]
+    asr_only = [Utterance(uid, f"{uid}.wav", 1.0, 16000, text) for uid, text in (("x", "hi"), ("y", "ho"))]
+    manifests = {"full": write_manifest(tmp_path / "full.jsonl", utts),
+                 "untranslated": write_manifest(tmp_path / "untranslated.jsonl", asr_only)}
+    transcripts, translations = zip(*rows)
+    assert chance_scores(manifests, ["full"], "asr", limit=2) == {"full": chance_score(transcripts[:2])}
+    assert chance_scores(manifests, ["full"], "ast-en-de") == {"full": chance_score(translations, "ast-en-de")}
+    with pytest.raises(UserError, match="untranslated.jsonl: 2 utterance\\(s\\) have no translation"):
+        chance_scores(manifests, ["untranslated"], "ast-en-de")
 
 
 def test_text_angles_are_cached():

@@ -9,7 +9,7 @@ from slam_tiny import save_tiny_llm, save_tiny_whisper, tiny_llm, write_manifest
 from speechllm_redundancy.errors import UserError
 from dataclasses import replace
 
-from speechllm_redundancy.slam import RECOGNISED_COPY, SlamConfig, SlamModel
+from speechllm_redundancy.slam import RECOGNISED_COPY, SlamConfig, SlamModel, is_saved_slam
 from speechllm_redundancy.training import Example, TrainConfig, TrainData, TrainingInterrupted, lr_lambda, train
 
 torch.set_num_threads(2)
@@ -54,7 +54,7 @@ def test_training_lowers_the_loss_and_keeps_the_decoder_frozen(tmp_path):
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert losses[-1] < 0.6 * losses[0]
     assert all(torch.equal(p.cpu(), base[n]) for n, p in model.named_parameters() if not p.requires_grad)
-    assert (tmp_path / "run" / "final" / "slam.json").exists()
+    assert is_saved_slam(tmp_path / "run" / "final")
 
 
 def test_ctc_warm_start_lowers_its_loss(tmp_path):
@@ -87,6 +87,37 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path):
         torch.testing.assert_close(p, q, atol=tol, rtol=tol, msg=n)
 
 
+def test_time_budget_stops_the_run_and_saves_what_it_trained(tmp_path):
+    """max_minutes: the run stops after the step that spends the budget (here the first), skips the phases
+    left, and still saves its model and result, so asking again is a cache hit."""
+    cfg = TrainConfig(steps=3, batch_size=4, ctc_warmup_steps=5, ctc_batch_size=4, max_minutes=1e-9, log_every=1)
+    result = train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
+    assert result.steps == {"ctc": 1} and [(h["phase"], h["step"]) for h in result.history] == [("ctc", 1)]
+    assert (tmp_path / "run" / "final").exists()
+    assert train(make(), toy_data(), cfg, tmp_path / "run", progress=False, stop_after=0).steps == {"ctc": 1}
+
+
+def test_evaluation_hooks_run_on_their_schedule_in_eval_mode(tmp_path):
+    """evaluate runs every eval_every next-token steps and after the last one, evaluate_ctc once the warm
+    start has run all its steps; the model is in eval mode for both, and each is logged at its step."""
+    data, modes = toy_data(), []
+
+    def evaluate(model):
+        modes.append(model.training)
+        return {"eval_x": 1.0}
+
+    def evaluate_ctc(module):
+        modes.append(module.projector.training)  # the projector's dropout is off
+        return {"eval_ctc": len(module.transcribe([data.examples[0].features.float()]))}
+
+    cfg = TrainConfig(steps=5, batch_size=4, warmup_steps=1, ctc_warmup_steps=2, ctc_batch_size=4, log_every=100)
+    result = train(make(), data, cfg, tmp_path / "run", progress=False, evaluate=evaluate, eval_every=2,
+                   evaluate_ctc=evaluate_ctc)
+    evals = [(h["phase"], h["step"]) for h in result.history if any(k.startswith("eval_") for k in h)]
+    assert evals == [("ctc", 2), ("slam", 2), ("slam", 4), ("slam", 5)]
+    assert modes == [False] * 4
+
+
 def test_finished_run_is_a_cache_hit_and_other_settings_are_refused(tmp_path):
     cfg = TrainConfig(steps=3, batch_size=4, warmup_steps=1)
     data = toy_data()
@@ -117,9 +148,9 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     assert main(["slam", "train", "--encoder", whisper, "--llm", llm, "--train", str(manifest), "--out", str(out),
                  "--steps", "2", "--batch-size", "2", "--lora", "--eval", str(manifest), "--eval-every", "1"]) == 0
     text = capsys.readouterr().out
-    assert "eval_wer" in text and (out / "final" / "slam.json").exists()
-    meta = json.loads((out / "final" / "slam.json").read_text())
-    assert meta["config"]["lora"]["r"] == 8 and meta["config"]["encoder_dim"] == 32
+    assert "eval_wer" in text and is_saved_slam(out / "final")
+    meta = json.loads((out / "final" / "config.json").read_text())
+    assert meta["lora"]["r"] == 8 and meta["encoder_dim"] == 32
     hyps = tmp_path / "hyps.jsonl"
     assert main(["slam", "evaluate", "--model", str(out), "--manifest", str(manifest), "--hyps", str(hyps)]) == 0
     assert "WER" in capsys.readouterr().out and len(hyps.read_text().splitlines()) == 5
@@ -139,7 +170,7 @@ def test_cli_trains_a_soft_prompt_in_the_recognised_layout(tmp_path, capsys):
                  "--steps", "2", "--batch-size", "2", "--prompt-vectors", "3", "--prompt-lr", "0.05",
                  "--freeze-projector", "--asr-layout", "recognised"]) == 0
     capsys.readouterr()
-    model = SlamModel.load(out / "final")
+    model = SlamModel.from_pretrained(out / "final")
     assert model.config.prompt_vectors == 3 and model.config.prompts["asr"] == RECOGNISED_COPY
     start = SlamModel(replace(model.config), model.llm, model.tokenizer).soft_prompt
     assert not torch.equal(start, model.soft_prompt)
@@ -147,7 +178,7 @@ def test_cli_trains_a_soft_prompt_in_the_recognised_layout(tmp_path, capsys):
 
 
 def lora_config(run):
-    return SlamModel.load(run.out_dir / "final").config
+    return SlamModel.from_pretrained(run.out_dir / "final").config
 
 
 def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
@@ -166,8 +197,8 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
     assert model.config.prompts["asr"] == RECOGNISED_COPY and model.config.prompt_vectors == 8
     start = SlamModel(replace(model.config), model.llm, model.tokenizer).soft_prompt
     assert not torch.equal(start, model.soft_prompt)
-    torch.testing.assert_close(SlamModel.load(run.warm_start.out_dir / "final").projector.state_dict(),
-                               model.projector.state_dict())
+    warm_start = SlamModel.from_pretrained(run.warm_start.out_dir / "final")
+    torch.testing.assert_close(warm_start.projector.state_dict(), model.projector.state_dict())
     assert [e.id for e in run.data.examples] == ["u0", "u1", "u2"]
     assert run.total_minutes == run.minutes + run.warm_start.minutes
     again, run2 = trained_slam(whisper, llm, manifest, steps=5, recipe="cpu", train_limit=3, ctc_steps=3,
@@ -180,13 +211,13 @@ def test_trained_slam_one_model_per_recipe_and_data(tmp_path):
     config3 = json.loads((run3.out_dir / "result.json").read_text())["config"]
     assert config3["lr"] == 5e-4 and config3["freeze_projector"] and config3["prompt_lr"] is None
     assert lora_config(run3).ctc_embed == "soft" and lora_config(run3).prompt_vectors == 0
-    warm = SlamModel.load(run.warm_start.out_dir / "final")
-    lora = SlamModel.load(run3.out_dir / "final")
+    warm = SlamModel.from_pretrained(run.warm_start.out_dir / "final")
+    lora = SlamModel.from_pretrained(run3.out_dir / "final")
     torch.testing.assert_close(lora.projector.state_dict(), warm.projector.state_dict())  # adapters only
     # 0 next-token steps: the decoder reads the warm start as it is
     _, run4 = trained_slam(whisper, llm, manifest, steps=0, recipe="cpu", train_limit=3, ctc_steps=3, progress=False)
     assert run4.steps == {} and run4.warm_start.out_dir == run.warm_start.out_dir
-    read_as_is = SlamModel.load(run4.out_dir / "final")
+    read_as_is = SlamModel.from_pretrained(run4.out_dir / "final")
     assert read_as_is.config.ctc_embed == "hard" and read_as_is.soft_prompt is None  # nothing to tune it
     paper, other = trained_slam(whisper, llm, manifest, steps=5, recipe="paper", train_limit=3, progress=False)
     assert other.key != run.key and other.steps == {"slam": 5} and paper.ctc is None
@@ -267,11 +298,11 @@ def test_ctc_weight_adds_the_ctc_loss_to_the_next_token_loss(tmp_path):
 
 
 def test_init_from_starts_from_a_saved_projector_and_ctc_head(tmp_path):
-    """train_slam(init_from=…) begins where a saved model (e.g. a CTC warm start) ended: with lr = 0 the
-    result is that model's projector and CTC head; each init is its own cached run."""
+    """train_from_configs(init_from=…) begins where a saved model (e.g. a CTC warm start) ended: with lr = 0
+    the result is that model's projector and CTC head; each init is its own cached run."""
     from safetensors.torch import load_file
 
-    from speechllm_redundancy.training import train_slam
+    from speechllm_redundancy.training import train_from_configs
 
     whisper = save_tiny_whisper(tmp_path / "whisper")
     llm = save_tiny_llm(tmp_path / "llm")
@@ -279,26 +310,26 @@ def test_init_from_starts_from_a_saved_projector_and_ctc_head(tmp_path):
     cfg = SlamConfig(encoder=whisper, llm=llm, projector_hidden=32)
     warm = {}
     for name, seed in (("a", 0), ("b", 1)):  # two warm starts in directories of the same name
-        _, res = train_slam(cfg, TrainConfig(steps=0, seed=seed, ctc_warmup_steps=2, ctc_batch_size=2), manifest,
-                            out_dir=tmp_path / name / "warm", progress=False)
+        warm_cfg = TrainConfig(steps=0, seed=seed, ctc_warmup_steps=2, ctc_batch_size=2)
+        _, res = train_from_configs(cfg, warm_cfg, manifest, out_dir=tmp_path / name / "warm", progress=False)
         warm[name] = res.out_dir / "final"
     frozen = TrainConfig(steps=1, batch_size=2, lr=0.0)
     keys = {}
     for name in ("a", "b"):
-        model, run = train_slam(cfg, frozen, manifest, init_from=warm[name], progress=False)
-        proj = load_file(str(warm[name] / "projector.safetensors"))
-        ctc = load_file(str(warm[name] / "ctc.safetensors"))
-        assert all(torch.equal(v, proj[k]) for k, v in model.projector.state_dict().items()), name
-        assert model.ctc is not None and all(torch.equal(v, ctc[k]) for k, v in model.ctc.state_dict().items())
+        model, run = train_from_configs(cfg, frozen, manifest, init_from=warm[name], progress=False)
+        saved = load_file(str(warm[name] / "model.safetensors"))
+        assert all(torch.equal(v, saved[f"projector.{k}"]) for k, v in model.projector.state_dict().items()), name
+        assert model.ctc is not None
+        assert all(torch.equal(v, saved[f"ctc.{k}"]) for k, v in model.ctc.state_dict().items())
         keys[name] = run.key
-    assert not torch.equal(load_file(str(warm["a"] / "projector.safetensors"))["net.0.weight"],
-                           load_file(str(warm["b"] / "projector.safetensors"))["net.0.weight"])
-    scratch, run = train_slam(cfg, frozen, manifest, progress=False)
+    assert not torch.equal(load_file(str(warm["a"] / "model.safetensors"))["projector.net.0.weight"],
+                           load_file(str(warm["b"] / "model.safetensors"))["projector.net.0.weight"])
+    scratch, run = train_from_configs(cfg, frozen, manifest, progress=False)
     assert scratch.ctc is None and len({keys["a"], keys["b"], run.key}) == 3
-    again, run = train_slam(cfg, frozen, manifest, init_from=warm["a"], progress=False)  # a cache hit
+    again, run = train_from_configs(cfg, frozen, manifest, init_from=warm["a"], progress=False)  # a cache hit
     assert run.key == keys["a"]
     with pytest.raises(UserError, match="not a saved SLAM model"):
-        train_slam(cfg, frozen, manifest, init_from=tmp_path / "corpus", progress=False)
+        train_from_configs(cfg, frozen, manifest, init_from=tmp_path / "corpus", progress=False)
 
 
 def test_auto_mixed_precision_follows_native_bf16_on_cpus(monkeypatch, tmp_path):

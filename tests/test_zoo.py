@@ -145,7 +145,7 @@ def test_cli_list_fetch_and_errors(artifacts, tmp_path, capsys, monkeypatch):
     assert main(["models", "list"]) == 0
     assert "qwen2.5-coder-1.5b" in capsys.readouterr().out
     profile = tmp_path / "p.yaml"
-    profile.write_text("models:\n  - tiny-qwen2\n  - tiny-hubert\nother: 1\n")
+    profile.write_text("models:\n  - tiny-qwen2\n  - tiny-hubert\n")
     assert main(["models", "fetch", "--profile", str(profile)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["tiny-qwen2", "tiny-hubert"]
@@ -157,9 +157,12 @@ def test_cli_list_fetch_and_errors(artifacts, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, **kw: f"/hf/{repo_id}")
     assert main(["models", "fetch", "org/model"]) == 0
     assert capsys.readouterr().out.startswith("org/model\t/hf/org/model\t")
-    profile.write_text("corpus: default\n")
+    profile.write_text("corpus: default\n")  # every reader of a profile applies the same rules
     assert main(["models", "fetch", "--profile", str(profile)]) == 2
-    assert "no top-level `models:`" in capsys.readouterr().err
+    assert "`corpus` must be a dict" in capsys.readouterr().err
+    profile.write_text("description: no models\n")
+    assert main(["models", "fetch", "--profile", str(profile)]) == 0
+    assert "names no models to fetch" in capsys.readouterr().out
 
 
 # -- CTranslate2 reader -------------------------------------------------------------------------------

@@ -423,36 +423,33 @@ def measure_angles(
 
 def text_batches(tokenizer, lines: list[str], *, batch_size: int = 8, max_length: int = 512,
                  chat_template: bool = False) -> list[dict[str, torch.Tensor]]:
-    """Tokenise text inputs as they are (default special tokens, no chat template unless asked).
+    """Tokenise text inputs as they are (default special tokens, no chat template unless asked), padded by
+    the tokenizer on its ``padding_side`` (``measure_angles`` reads each row's last real token either way).
 
-    Inputs are sorted by length so batches carry little padding (the mean does not depend on order);
-    padding goes on the tokenizer's ``padding_side``.
+    Inputs are sorted by length so batches carry little padding (the mean does not depend on order). A
+    tokenizer without a pad token is given its end-of-text token as one: padding is masked out, so which
+    token pads does not matter.
     """
     if chat_template:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("--chat-template: this tokenizer has no chat template; drop the option.")
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+        lines = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                                add_generation_prompt=True) for t in lines]
-        encoded = [tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-                   for t in texts]
-    else:
-        encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in lines]
-    encoded = sorted((ids for ids in encoded if ids), key=len)
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    left = getattr(tokenizer, "padding_side", "right") == "left"  # measure_angles handles either side
+    if not lines:
+        return []
+    options = {"add_special_tokens": not chat_template, "truncation": True, "max_length": max_length}
+    lengths = [len(ids) for ids in tokenizer(list(lines), **options)["input_ids"]]
+    order = sorted((i for i, n in enumerate(lengths) if n), key=lengths.__getitem__)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError("the tokenizer has neither a pad nor an end-of-text token: "
+                            "set tokenizer.pad_token.")
+        tokenizer.pad_token = tokenizer.eos_token
     batches = []
-    for i in range(0, len(encoded), batch_size):
-        chunk = encoded[i:i + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            span = slice(width - len(seq), width) if left else slice(0, len(seq))
-            ids[row, span] = torch.tensor(seq)
-            mask[row, span] = 1
-        batches.append({"input_ids": ids, "attention_mask": mask})
+    for i in range(0, len(order), batch_size):
+        chunk = [lines[j] for j in order[i:i + batch_size]]
+        encoded = tokenizer(chunk, padding=True, return_tensors="pt", **options)
+        batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
     return batches
 
 
@@ -530,7 +527,7 @@ def _cmd_angles(args) -> int:
             raise UserError("--slam needs --manifest <jsonl> (the utterances to measure on).")
         from speechllm_redundancy.slam import SlamModel
 
-        model = SlamModel.load(args.slam, device=str(device))
+        model = SlamModel.from_pretrained(args.slam, device=str(device))
         batches = SpeechBatches(model, args.manifest, task=args.task, batch_size=args.batch_size)
     else:
         if not args.text:
@@ -560,17 +557,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="text mode: model name (see `models list`), hub id or local HF dir")
-    source.add_argument("--slam", help="speech mode: a SLAM checkpoint directory")
+    source.add_argument("--slam", help="speech mode: a saved SLAM model (SlamModel.save_pretrained)")
     p.add_argument("--text", help="text mode: a file with one input per line")
     p.add_argument("--manifest", help="speech mode: a JSONL manifest of utterances")
     p.add_argument("--task", default="asr",
                    help="speech mode: the prompt (asr, ast-en-de, ast-fr-en or a literal instruction)")
     p.add_argument("--output", required=True, help="CSV to write (columns l, n, distance)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="inputs measured per forward pass")
     p.add_argument("--max-length", type=int, default=512, help="truncate text inputs to this many tokens")
     p.add_argument("--chat-template", action="store_true",
                    help="wrap each line as a user turn of the tokenizer's chat template")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="text mode: dtype the model's weights are loaded in")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     p.set_defaults(func=_cmd_angles)

@@ -1,4 +1,5 @@
-"""`python -m speechllm_redundancy …`: one entry point; each concept module registers its own commands."""
+"""`speechllm-redundancy …` (the console script) or `python -m speechllm_redundancy …`: one entry point;
+each concept module registers its own commands."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ COMMAND_MODULES = (
     "speechllm_redundancy.slam_cli",
     "speechllm_redundancy.angles",
     "speechllm_redundancy.pruning",
-    "speechllm_redundancy.book",
+    "speechllm_redundancy.book_cli",
 )
 
 
@@ -23,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m speechllm_redundancy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # not written yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

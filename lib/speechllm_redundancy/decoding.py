@@ -20,8 +20,9 @@ import torch
 from speechllm_redundancy.layers import decoder_stack
 
 
-def _cache_kwarg(llm) -> str:
-    """transformers ≥ 5.2x calls the KV cache argument ``cache``; earlier releases ``past_key_values``."""
+def cache_kwarg(llm) -> str:
+    """The name of ``llm``'s KV cache argument: transformers ≥ 5.2x calls it ``cache``, earlier releases
+    ``past_key_values``. Read from the decoder stack's forward (a PEFT wrapper's takes **kwargs)."""
     forward = type(decoder_stack(llm)).forward
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
@@ -111,7 +112,7 @@ class _Batch:
     """The rows decoding together: their batch indices, KV cache, attention mask, next positions, logits."""
 
     def __init__(self, llm, room: int):
-        self.llm, self.room, self.kwarg = llm, room, _cache_kwarg(llm)
+        self.llm, self.room, self.kwarg = llm, room, cache_kwarg(llm)
         self.rows = self.cache = self.mask = self.pos = self.logits = None
 
     def __len__(self):

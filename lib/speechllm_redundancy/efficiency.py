@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from speechllm_redundancy.decoding import cache_kwarg
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.layers import decoder_stack
 from speechllm_redundancy.pruning import prune_block
@@ -279,17 +280,11 @@ class _Clock:
         self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
 
 
-def _forward_kwargs(model: nn.Module) -> tuple[str, bool]:
-    params = inspect.signature(model.forward).parameters
-    cache_name = "cache" if "cache" in params else "past_key_values"
-    return cache_name, "logits_to_keep" in params
-
-
 def _greedy_step(model: nn.Module, cache):
     """``step(**inputs)``: one cached forward of ``model`` returning the greedy next token (B, 1). The
     keyword names are looked up once, not per token (per-token overhead would dilute every saving)."""
-    cache_name, keep = _forward_kwargs(model)
-    fixed = {"use_cache": True, cache_name: cache, **({"logits_to_keep": 1} if keep else {})}
+    keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+    fixed = {"use_cache": True, cache_kwarg(model): cache, **({"logits_to_keep": 1} if keep else {})}
 
     def step(**inputs) -> torch.Tensor:
         return model(**inputs, **fixed).logits[:, -1].argmax(-1, keepdim=True)

@@ -1,7 +1,7 @@
 """Frozen speech encoders (Whisper, WavLM, HuBERT, wav2vec 2 through transformers) → frame features.
 
 A SLAM model never trains its encoder, so features are computed once per corpus and cached
-(`features.cached_features`, re-exported here). This module only turns waveforms into (T, D) frames.
+(`features.cached_features`). This module only turns waveforms into (T, D) frames.
 
 Whisper's encoder was trained on 30 s windows (3000 mel frames). ``whisper_window="full"`` (default) pads
 every utterance to 30 s and keeps the first ⌈50·seconds⌉ output frames — what the model saw in training,
@@ -287,12 +287,3 @@ class SpeechEncoder:
         inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_values", "attention_mask")}
         hidden = self.model(**inputs).last_hidden_state
         return [hidden[i, : self.num_frames(w.numel())].float().cpu() for i, w in enumerate(waves)]
-
-
-def __getattr__(name: str):
-    # the feature cache lives in features.py; re-exported so `encoders.cached_features` works as agreed
-    if name in ("FeatureStore", "cached_features", "features_dir"):
-        from speechllm_redundancy import features
-
-        return getattr(features, name)
-    raise AttributeError(name)

@@ -170,11 +170,12 @@ def score(task: str, refs: Sequence[str], hyps: Sequence[str]) -> tuple[str, flo
 
 
 def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = None, batch_size: int = 16,
-                  max_new_tokens: int = 200, progress: bool = False) -> dict:
+                  max_new_tokens: int = 200, progress: bool = True) -> dict:
     """Greedy-decode a manifest with a SlamModel (features from the shared cache) and score it.
 
     Returns dict(metric, score, chrf (AST only), ids, refs, hyps, seconds, utterances); ``limit`` keeps
-    the first N utterances (the manifest's order), e.g. 200 for a quick check. Under ``accelerate launch``
+    the first N utterances (the manifest's order), e.g. 200 for a quick check. ``progress`` shows bars over
+    the utterances encoded (first use of a manifest) and decoded. Under ``accelerate launch``
     each process decodes a share of the utterances on its own device (the model moves there) and every
     process returns all of them, in the manifest's order (``distributed.map_in_order``; a row's output
     does not depend on its batch).

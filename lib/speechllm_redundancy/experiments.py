@@ -138,7 +138,7 @@ class Study:
         """What a model is scored against on split ``name``: transcripts (ASR) or translations (AST)."""
         from speechllm_redundancy.data import read_manifest
 
-        return [u.text if task == "asr" else u.translation for u in read_manifest(self.split(name))[:limit]]
+        return [u.target(task) for u in read_manifest(self.split(name))[:limit]]
 
     def path_split(self, task: str = "asr") -> str:
         """The split a model's pruning path is measured on ("task-representative inputs" the model was neither

@@ -143,7 +143,7 @@ def cached_features(
     ``limit``: only the first ``limit`` utterances are needed (their whole shards are encoded; the store may
     hold a few more). ``None`` encodes the whole manifest. A name is loaded at ``precision="auto"`` (bf16 on
     a CPU with native bf16, ~2× faster); the precision is not part of the key, as fp32 and bf16 frames agree
-    within bf16 rounding, so caches written before bf16 encoding stay valid."""
+    within bf16 rounding, so one cache serves either."""
     if limit is not None and limit < 1:
         raise UserError(f"limit={limit}: pass a positive number of utterances, or None for the whole manifest.")
     name = encoder if isinstance(encoder, str) else encoder.name
@@ -170,12 +170,8 @@ def _encode(encoder, name, manifest_path, out: Path, limit, shard_size, batch_si
     """Encode the missing (or damaged) shards the request needs, then write the index (lock held)."""
     from tqdm.auto import tqdm
 
+    from speechllm_redundancy.data.audio import load_audio
     from speechllm_redundancy.data.manifest import read_manifest
-
-    try:
-        from speechllm_redundancy.data.manifest import load_audio
-    except ImportError:  # the data package keeps it in audio.py
-        from speechllm_redundancy.data.audio import load_audio
 
     index_path = out / "index.json"
     utts = read_manifest(manifest_path)

@@ -5,7 +5,7 @@ Only drawing lives here: the numbers come from angles.py, efficiency.py and swee
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -114,10 +114,12 @@ def efficiency_plot(frame: pd.DataFrame, title: str = ""):
 
 def delta_plot(frame: pd.DataFrame, threshold: float | None = 0.25, hue: str = "strategy",
                metric: str = "relative WER change", ax=None):
-    """Relative score change vs fraction removed, one line per ``hue`` and set, the threshold drawn."""
+    """Relative score change vs fraction removed, one line per ``hue`` and set, the threshold drawn. An
+    infinite change (from a score of 0) is left out."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
-    data = frame.rename(columns={"fraction": "fraction of decoder layers removed", "delta": metric})
+    data = frame.replace({"delta": [np.inf, -np.inf]}, np.nan)
+    data = data.rename(columns={"fraction": "fraction of decoder layers removed", "delta": metric})
     sns.lineplot(data=data, x="fraction of decoder layers removed", y=metric, hue=hue if hue in data else None,
                  style="set" if "set" in data else None, markers=True, ax=ax, errorbar=None)
     if threshold is not None:
@@ -126,5 +128,70 @@ def delta_plot(frame: pd.DataFrame, threshold: float | None = 0.25, hue: str = "
     return ax
 
 
-def as_percent(values: Sequence[float]) -> list[str]:
-    return [f"{v:.1%}" for v in values]
+def delta_panels(frames: Mapping[str, pd.DataFrame], *, panel_size: tuple[float, float] = (6, 4), **kwargs):
+    """``delta_plot`` of each titled walk frame side by side on a shared y axis (``kwargs`` go to each); the
+    sets drawn in the same order, so they keep their line styles from panel to panel."""
+    width, height = panel_size
+    fig, axes = plt.subplots(1, len(frames), figsize=(width * len(frames), height), sharey=True,
+                             squeeze=False)
+    for ax, (title, frame) in zip(axes[0], frames.items()):
+        delta_plot(frame.sort_values(["set", "n"]), ax=ax, **kwargs)
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def path_panels(panels: Mapping[str, Mapping[str, AngleMatrix]], panel_size: tuple[float, float] = (5, 3.5)):
+    """``paths_plot`` of each titled set of maps, side by side."""
+    width, height = panel_size
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
+    for ax, (title, matrices) in zip(axes[0], panels.items()):
+        paths_plot(matrices, ax=ax)
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def removable_by_size(frame: pd.DataFrame, size: str = "parameters (M)",
+                      removable: str = "removable fraction"):
+    """Each model's removable fraction against its decoder's size (log scale), one point per ``model``."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sns.scatterplot(data=frame, x=size, y=removable, hue="model", s=80, ax=ax)
+    ax.set(xscale="log", title="Removable fraction vs decoder size", ylim=(-0.02, 0.6))
+    return fig
+
+
+def low_distance_curves(frame: pd.DataFrame, threshold: str = "threshold τ",
+                        share: str = "share of blocks with D ≤ τ"):
+    """The share of each model's blocks within distance τ, for every τ (a wider low-distance region lies
+    higher): ``frame`` has one row per model and threshold."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    sns.lineplot(data=frame, x=threshold, y=share, hue="model", ax=ax)
+    ax.set_title("Low-distance region of each decoder's map")
+    return fig
+
+
+def speech_llm_costs(frame: pd.DataFrame, utterances: int):
+    """The whole SpeechLLM (``efficiency.measure_speech_llm`` rows with a ``model`` column): its median time
+    by phase, stacked, with the total's range over the repeats; beside it the peak memory against its
+    ideal."""
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{m}\n{f:.0%} removed" for m, f in frame[["model", "fraction"]].values]
+    bottom = pd.Series(0.0, index=frame.index)
+    for phase in ("encode", "prefill", "decode"):
+        ax_t.bar(labels, frame[f"{phase}_s"], bottom=bottom, label=phase)
+        bottom += frame[f"{phase}_s"]
+    ax_t.errorbar(labels, frame["total_s"], yerr=[frame["total_s"] - frame["total_min_s"],
+                                                  frame["total_max_s"] - frame["total_s"]],
+                  fmt="o", color="black", capsize=4, label="total: median, fastest to slowest repeat")
+    ax_t.set(ylabel=f"seconds for {utterances} utterances", title="Whole SpeechLLM, time by phase")
+    ax_t.legend(fontsize=8)
+    ax_m.bar(labels, frame["peak_bytes"] / 2**20, label="measured")
+    ax_m.scatter(labels, frame["ideal_peak_bytes"] / 2**20, color="black", marker="_", s=600, zorder=3,
+                 label="ideal (unpruned less the removed layers)")
+    ax_m.set(ylabel="peak memory (MiB)", title="Whole SpeechLLM, peak memory")
+    ax_m.legend(fontsize=8)
+    for ax in (ax_t, ax_m):
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig

@@ -117,11 +117,16 @@ def prune_block(model: nn.Module, start: int, size: int, *, inplace: bool = Fals
 # --- CLI ---------------------------------------------------------------------------------------------
 
 
+def _check_output_dir(output: Path, force: bool) -> None:
+    """Refuse to write over a file or a non-empty directory unless ``force``."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:
+        raise UserError(f"{output} exists and is not empty; choose another --output or pass --force.")
+
+
 def save_pruned(model: nn.Module, tokenizer, output: Path, *, force: bool = False) -> Path:
     """Write a reloadable HF directory (model + tokenizer), atomically; refuse to clobber a non-empty dir."""
     output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:
-        raise UserError(f"{output} exists and is not empty; choose another --output or pass --force.")
+    _check_output_dir(output, force)
     with atomic_path(output) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -138,8 +143,7 @@ def _cmd_prune(args) -> int:
                         "--size 1 or more (the number of consecutive layers to remove); to copy a model, copy "
                         "its directory.")
     output = Path(args.output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.force:
-        raise UserError(f"{output} exists and is not empty; choose another --output or pass --force.")
+    _check_output_dir(output, args.force)  # before loading the model: a clash is named at once
     model, tokenizer = load_causal_lm(args.model, DTYPES[args.dtype])
     before = len(_stack(model).layers)
     model = prune_block(model, args.start, args.size, inplace=True)
@@ -156,7 +160,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=int, required=True, help="first layer to remove (l*)")
     p.add_argument("--size", type=int, required=True, help="number of consecutive layers to remove (n)")
     p.add_argument("--output", required=True, help="directory to write (must not exist or be empty)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the pruned model is loaded and saved in")
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=_cmd_prune)
 

@@ -4,7 +4,7 @@ The chapters quote their numbers in prose for readers; a script that checks the 
 BLEU against chance and against the gold-input ceiling, training minutes) or compares two runs needs the
 same numbers as data, decided once, by the chapter. While `book run` executes a chapter, ``collecting``
 gives it a fresh *fragment* (its path in ``FRAGMENT_ENV``) that ``record_baseline`` and
-``book.glue_verdict`` fill; the fragment is kept, beside the executed notebook, only when every cell
+``report.glue_verdict`` fill; the fragment is kept, beside the executed notebook, only when every cell
 succeeded. ``merge`` joins the fragments into results.json and ``page`` fills the results page from it
 when the book is rendered. Outside `book run` (an interactive notebook) recording does nothing.
 """
@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping
 from speechllm_redundancy.cache import atomic_path, atomic_write_text
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import artifacts_dir
+from speechllm_redundancy.verdicts import ClaimVerdict
 
 FRAGMENT_ENV = "SPEECHLLM_RESULTS_FRAGMENT"
 STATUSES = ("holds", "does not hold", "not testable")
@@ -69,19 +70,19 @@ def verdict_text(holds: bool | None, finding: str, variant: str, recipe: str | N
     return f"{status_of(holds)} on this run ({under(variant, recipe)}): {finding}"
 
 
-def record_claim(claim: int, holds: bool | None, finding: str, *, variant: str,
-                 recipe: str | None = None) -> str:
-    """Record the verdict on one of the paper's claims (see ``book.glue_verdict``); returns its text."""
-    if claim not in CLAIMS:
-        raise UserError(f"claim {claim!r} is not one of the paper's claims: use 1…{len(CLAIMS)} "
+def record_claim(verdict: ClaimVerdict) -> str:
+    """Record a chapter's verdict on one of the paper's claims (see ``report.glue_verdict``): its status, its
+    text (``verdict_text``), what it was computed on and its summary (the results page's cell); returns
+    the text."""
+    if verdict.claim not in CLAIMS:
+        raise UserError(f"claim {verdict.claim!r} is not one of the paper's claims: use 1…{len(CLAIMS)} "
                         "(results.CLAIMS).")
-    if holds is not None and not isinstance(holds, bool):
-        holds = bool(holds)  # numpy booleans from the chapters' tables
-    text = verdict_text(holds, finding, variant, recipe)
-    entry = {"status": status_of(holds), "verdict": text, "variant": under(variant, recipe)}
+    text = verdict_text(verdict.holds, verdict.finding, verdict.variant, verdict.recipe)
+    entry = {"status": status_of(verdict.holds), "verdict": text,
+             "variant": under(verdict.variant, verdict.recipe), "summary": verdict.summary}
 
     def add(fragment):
-        fragment["claims"][str(claim)] = entry
+        fragment["claims"][str(verdict.claim)] = entry
 
     _update(add)
     return text
@@ -268,19 +269,17 @@ def page(template: str, results: dict) -> str:
 
 def claims_table(results: dict) -> str:
     claims = results["claims"]
-    missing = [n for n in CLAIMS if str(n) not in claims]
+    missing = [n for n in CLAIMS if "summary" not in claims.get(str(n), {})]  # none, or from before summaries
     if missing:
         chapters = sorted({CLAIMS[n][0] for n in missing})
-        raise UserError(f"no verdict on claim(s) {', '.join(map(str, missing))} in results.json of profile "
-                        f"{results['profile']}: re-run {', '.join(chapters)} (`make notebooks "
-                        f"PROFILE={results['profile']}`), which record them.")
-    lines = ["| # | claim of the paper | tested in | verdict on this run |", "|---|---|---|---|"]
+        raise UserError(f"no verdict with a summary on claim(s) {', '.join(map(str, missing))} in "
+                        f"results.json of profile {results['profile']}: re-run {', '.join(chapters)} "
+                        f"(`make notebooks PROFILE={results['profile']}`), which record them.")
+    lines = ["| # | claim of the paper | verdict on this run | details |", "|---|---|---|---|"]
     for number, (_, statement) in CLAIMS.items():
         entry = claims[str(number)]
-        verdict = entry["verdict"]
-        rest = verdict[len(entry["status"]):] if verdict.startswith(entry["status"]) else f" — {verdict}"
-        lines.append(f"| {number} | {_md(statement)} | {_chapter_link(entry['chapter'])} | "
-                     f"**{entry['status']}**{_md(rest)} |")
+        lines.append(f"| {number} | {_md(statement)} | **{entry['status']}**: {_md(entry['summary'])} | "
+                     f"{_chapter_link(entry['chapter'])} |")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +28,8 @@ from torch import nn
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.layers import decoder_stack
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # of a saved model (save_pretrained); 1 was slam.json + adapters packed as name::key
+CONFIG_FILE, WEIGHTS_FILE, ADAPTERS_DIR = "config.json", "model.safetensors", "adapters"  # its layout
 SPEECH_PLACEHOLDER = "<<SPEECH>>"
 
 # How each task's request is laid out around the speech. A value is either an instruction (the speech,
@@ -63,10 +64,6 @@ RECOGNISED_COPY = {"user": '"{speech}"\nThis sentence was heard by a speech reco
                            "Write the sentence, correcting only its misheard words.",
                    "answer_prefix": '"', "stop": ['"', "\n"]}
 RECOGNISER_PROMPTS = {**PROMPTS, "asr": RECOGNISED_COPY}  # the cpu recipe's frozen models' layouts
-
-# what models saved before prompts were part of SlamConfig were trained with (format 1 without "prompts")
-LEGACY_PROMPTS = {"asr": "Transcribe the speech.", "ast-en-de": "Translate the English speech into German.",
-                  "ast-fr-en": "Translate the French speech into English."}
 
 SPEECH_SLOT = "{speech}"
 
@@ -194,6 +191,13 @@ class CtcHead(nn.Module):
         self.register_buffer("vocab", torch.tensor(sorted(set(int(v) for v in vocab)), dtype=torch.long))
         self.blank = nn.Parameter(torch.zeros(width))
         self.scale = nn.Parameter(torch.tensor(1.0))
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> "CtcHead":
+        """The head a saved ``state_dict`` holds: its width and vocabulary are read from the state itself."""
+        head = cls(state["blank"].shape[0], state["vocab"].tolist())
+        head.load_state_dict(state)
+        return head
 
     @property
     def blank_id(self) -> int:
@@ -371,7 +375,7 @@ class SlamModel(nn.Module):
         width = llm.get_input_embeddings().weight.shape[1]
         self.projector = Projector(config.encoder_dim, width, config.k, config.projector_hidden,
                                    config.projector_dropout)
-        self.ctc: CtcHead | None = None  # created by the CTC warm start (training.py) or by load()
+        self.ctc: CtcHead | None = None  # created by the CTC warm start (training.py) or by load_weights()
         self.soft_prompt: nn.Parameter | None = None
         if config.prompt_vectors:
             self.soft_prompt = nn.Parameter(self._initial_prompt(config.prompt_vectors, config.prompt_init))
@@ -543,120 +547,130 @@ class SlamModel(nn.Module):
         return OUTPUT_RATIO.get(prompt, DEFAULT_OUTPUT_RATIO)
 
     # -- persistence --------------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write slam.json (config, LLM/encoder names + weight hashes, peft configs), projector.safetensors
-        and, with adapters, adapters.safetensors. Written atomically and sealed (checksums.json: each file's
-        size and sha256, checked on load); an existing directory is replaced only if it is itself a saved
-        SLAM model."""
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the trained model in the ecosystem's layout: ``config.json`` (the SlamConfig, the LLM and
+        encoder referenced by name and weights hash, never copied), ``model.safetensors`` (the input side:
+        projector, CTC head, soft prompt) and, with LoRA, peft's own adapter folder ``adapters/``
+        (``PeftModel.save_pretrained``: ``adapter_config.json`` + ``adapter_model.safetensors``, an adapter
+        other than ``default`` in ``adapters/<name>/``). Written atomically and sealed (checksums.json: each
+        file's size and sha256, checked on load); an existing directory is replaced only if it is itself a
+        saved SLAM model."""
         from safetensors.torch import save_file
 
         from speechllm_redundancy.cache import atomic_path
 
         directory = Path(directory)
-        if directory.exists() and not (directory / "slam.json").exists() and any(directory.iterdir()):
+        if directory.exists() and not is_saved_slam(directory) and any(directory.iterdir()):
             raise UserError(f"{directory} exists and is not a saved SLAM model: choose an empty or new directory.")
-        meta = {
-            "format": FORMAT_VERSION, "config": asdict(self.config),
-            "llm_fingerprint": _safe_fingerprint(self.config.llm),
-            "encoder_fingerprint": _safe_fingerprint(self.config.encoder),
-            "peft": {}, "stop_id": self.layout.stop_id,
-        }
-        adapters = {}
-        peft_configs = getattr(self.llm, "peft_config", None) or {}
-        if peft_configs:
-            from peft import get_peft_model_state_dict
-
-            for name, cfg in peft_configs.items():
-                meta["peft"][name] = json.loads(json.dumps(cfg.to_dict(), default=list))
-                for k, v in get_peft_model_state_dict(self.llm, adapter_name=name).items():
-                    adapters[f"{name}::{k}"] = v.detach().cpu().contiguous()
+        adapters = list(getattr(self.llm, "peft_config", None) or {})
+        record = {**asdict(self.config), "slam_format": FORMAT_VERSION, "adapters": adapters,
+                  "llm_fingerprint": _safe_fingerprint(self.config.llm),
+                  "encoder_fingerprint": _safe_fingerprint(self.config.encoder)}
         with atomic_path(directory, seal=True) as tmp:
             tmp.mkdir()
-            (tmp / "slam.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            proj = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
-            save_file(proj, str(tmp / "projector.safetensors"))
+            (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            save_file({k: v.detach().cpu().contiguous() for k, v in self._input_side_state().items()},
+                      str(tmp / WEIGHTS_FILE))
             if adapters:
-                save_file(adapters, str(tmp / "adapters.safetensors"))
-            if self.ctc is not None:
-                save_file({k: v.detach().cpu().contiguous() for k, v in self.ctc.state_dict().items()},
-                          str(tmp / "ctc.safetensors"))
-            if self.soft_prompt is not None:
-                save_file({"soft_prompt": self.soft_prompt.detach().cpu().contiguous()},
-                          str(tmp / "prompt.safetensors"))
+                self.llm.save_pretrained(tmp / ADAPTERS_DIR)
         return directory
 
+    def _input_side_state(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the model but the LLM's: what training adds in front of the decoder."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("llm.")}
+
     def load_weights(self, directory: str | os.PathLike, adapters: bool = True) -> None:
-        """Load a saved projector, CTC head and (with ``adapters``) adapter weights into this model (its
-        adapters must already exist). A file that differs from what ``save`` recorded is refused, named."""
-        from peft import set_peft_model_state_dict
+        """Load a saved model's projector, CTC head, soft prompt and (with ``adapters``) LoRA weights into
+        this model, whose adapters must already exist (``from_pretrained`` builds a model from scratch). A
+        file that differs from what ``save_pretrained`` recorded is refused, named."""
+        from peft import load_peft_weights, set_peft_model_state_dict
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        _verify_saved(directory)
-        meta = json.loads((directory / "slam.json").read_text())
-        self.projector.load_state_dict(load_file(str(directory / "projector.safetensors")))
-        if (directory / "ctc.safetensors").exists():
-            state = load_file(str(directory / "ctc.safetensors"))
-            self.ctc = CtcHead(state["blank"].shape[0], state["vocab"].tolist()).to(self.device)
-            self.ctc.load_state_dict(state)
+        record = _saved_config(directory)
+        state = load_file(str(directory / WEIGHTS_FILE))
+        ctc = {k.removeprefix("ctc."): v for k, v in state.items() if k.startswith("ctc.")}
+        if ctc:
+            self.ctc = CtcHead.from_state(ctc).to(self.device)
+        prompt = state.get("soft_prompt")
+        if prompt is not None and (self.soft_prompt is None or self.soft_prompt.shape != prompt.shape):
+            raise UserError(f"{directory} has a soft prompt of {tuple(prompt.shape)} that this model lacks "
+                            f"(prompt_vectors={self.config.prompt_vectors}): use SlamModel.from_pretrained.")
+        unexpected = self.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise UserError(f"{directory / WEIGHTS_FILE} holds weights this model has no place for "
+                            f"({unexpected[:3]}): use SlamModel.from_pretrained.")
+        if self.ctc is not None:
             self.ctc.requires_grad_(False)
-        if (directory / "prompt.safetensors").exists():
-            saved = load_file(str(directory / "prompt.safetensors"))["soft_prompt"]
-            if self.soft_prompt is None or self.soft_prompt.shape != saved.shape:
-                raise UserError(f"{directory} has a soft prompt of {tuple(saved.shape)} that this model lacks "
-                                f"(prompt_vectors={self.config.prompt_vectors}): use SlamModel.load.")
-            with torch.no_grad():
-                self.soft_prompt.copy_(saved.to(self.soft_prompt.device))
-        if not meta["peft"] or not adapters:
+        if not adapters:
             return
-        states = load_file(str(directory / "adapters.safetensors"))
-        for name in meta["peft"]:
+        for name in record["adapters"]:
             if name not in (getattr(self.llm, "peft_config", None) or {}):
-                raise UserError(f"{directory} has LoRA adapter {name!r} that this model lacks: use SlamModel.load.")
-            sub = {k.split("::", 1)[1]: v.to(self.device) for k, v in states.items() if k.startswith(name + "::")}
-            res = set_peft_model_state_dict(self.llm, sub, adapter_name=name)
+                raise UserError(f"{directory} has LoRA adapter {name!r} that this model lacks: "
+                                "use SlamModel.from_pretrained.")
+            res = set_peft_model_state_dict(self.llm, load_peft_weights(str(_adapter_dir(directory, name))),
+                                            adapter_name=name)
             if getattr(res, "unexpected_keys", None):
-                raise UserError(f"{directory}: adapter {name!r} does not fit this LLM ({res.unexpected_keys[:3]}).")
+                raise UserError(f"{directory}: adapter {name!r} does not fit this LLM "
+                                f"({res.unexpected_keys[:3]}).")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, llm: nn.Module | None = None, tokenizer=None,
-             device: str | None = None) -> "SlamModel":
-        """Rebuild a saved model: the LLM by name/path (a pruned model's directory works), then the
-        projector and any LoRA adapters. Warns when the LLM's weights differ from those it was trained on."""
-        from peft import get_peft_config, get_peft_model
+    def from_pretrained(cls, directory: str | os.PathLike, llm: nn.Module | None = None, tokenizer=None,
+                        device: str | None = None) -> "SlamModel":
+        """Rebuild a model written by ``save_pretrained``: the LLM by name/path (a pruned model's directory
+        works) or as given, its LoRA adapters through ``PeftModel.from_pretrained``, then the input side.
+        Warns when the LLM's weights differ from those it was trained on."""
+        from peft import PeftModel
 
         directory = Path(directory)
-        meta_path = directory / "slam.json"
-        if not meta_path.exists():
-            raise UserError(f"{directory} has no slam.json: pass a directory written by SlamModel.save / slam train.")
-        _verify_saved(directory)
-        meta = json.loads(meta_path.read_text())
-        config = SlamConfig(**{"prompts": LEGACY_PROMPTS, **meta["config"], "lora": None})
-        model = cls(config, llm, tokenizer)
-        model.config.lora = meta["config"].get("lora")
-        if llm is None and _safe_fingerprint(config.llm) != meta["llm_fingerprint"]:
+        record = _saved_config(directory)
+        names = {f.name for f in fields(SlamConfig)}
+        config = SlamConfig(**{k: v for k, v in record.items() if k in names})
+        model = cls(replace(config, lora=None), llm, tokenizer)  # the adapters come from their folders
+        model.config.lora = config.lora
+        if llm is None and _safe_fingerprint(config.llm) != record["llm_fingerprint"]:
             warnings.warn(f"the LLM {config.llm!r} differs from the one this SLAM model was trained with "
                           "(weights hash changed): results may differ.", stacklevel=2)
-        for i, (name, cfg_dict) in enumerate(meta["peft"].items()):
-            cfg = get_peft_config(cfg_dict)
-            cfg.inference_mode = False
-            if i == 0:
-                model.llm = get_peft_model(model.llm, cfg, adapter_name=name)
+        for name in record["adapters"]:
+            path = str(_adapter_dir(directory, name))
+            if isinstance(model.llm, PeftModel):
+                model.llm.load_adapter(path, adapter_name=name, is_trainable=True)
             else:
-                model.llm.add_adapter(name, cfg)
-        model.load_weights(directory)
+                model.llm = PeftModel.from_pretrained(model.llm, path, adapter_name=name, is_trainable=True)
+        model.load_weights(directory, adapters=False)
         if device:
             model.to(device)
         return model
 
 
-def _verify_saved(directory: Path) -> None:
-    """A saved model's files against the sizes and sha256 ``save`` recorded (small files: always hashed).
-    Models saved before records existed load unverified."""
+def is_saved_slam(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a model written by ``SlamModel.save_pretrained`` (any format version)."""
+    try:
+        return "slam_format" in json.loads((Path(directory) / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _adapter_dir(directory: Path, name: str) -> Path:
+    """Where ``PeftModel.save_pretrained`` puts adapter ``name`` (``default`` at the top of its folder)."""
+    return directory / ADAPTERS_DIR if name == "default" else directory / ADAPTERS_DIR / name
+
+
+def _saved_config(directory: Path) -> dict:
+    """config.json of a saved model of this format, once its files match the sizes and sha256
+    ``save_pretrained`` recorded (small files: always hashed)."""
     from speechllm_redundancy.cache import verify_entry
 
+    if not is_saved_slam(directory):
+        raise UserError(f"{directory} is not a saved SLAM model (no {CONFIG_FILE} written by "
+                        "SlamModel.save_pretrained): pass a directory written by it or by `slam train`.")
     verify_entry(directory, hash_limit=None, fix=f"delete {directory} and save the model again (a training "
                  "run's final model: delete the run's directory to train it again)")
+    record = json.loads((directory / CONFIG_FILE).read_text())
+    if record["slam_format"] != FORMAT_VERSION:
+        raise UserError(f"{directory} holds a SLAM model of format {record['slam_format']}; this version "
+                        f"reads format {FORMAT_VERSION}: save or train it again with this version.")
+    return record
 
 
 def _safe_fingerprint(name: str) -> str | None:

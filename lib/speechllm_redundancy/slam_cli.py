@@ -16,6 +16,32 @@ from speechllm_redundancy.distributed import is_main_process
 from speechllm_redundancy.errors import UserError
 
 TASKS = ("asr", "ast-en-de", "ast-fr-en")
+TASK_HELP = "asr (transcribe) or ast-<source>-<target> (translate the speech)"
+WINDOW_HELP = "Whisper input: the full 30 s window, the utterance + 2 s (padded) or the utterance only (trim)"
+# the help of each TrainConfig field's flag (`slam train --steps …`); tests/test_cli.py finds any missing
+TRAIN_HELP = {
+    "steps": "optimiser steps with the next-token (SLAM) loss",
+    "batch_size": "utterances per micro-batch",
+    "grad_accum": "micro-batches per optimiser step",
+    "lr": "peak learning rate (linear warm-up, then linear decay to zero)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "checkpoint_every": "save a resumable checkpoint every N steps",
+    "seed": "seed of the initial weights, batch order and every random draw",
+    "bucket": "draw batches from groups of BUCKET x batch size utterances sorted by length (0: off)",
+    "time_masks": "SpecAugment: time spans masked per utterance",
+    "time_mask_width": "SpecAugment: longest masked time span, in encoder frames",
+    "feature_masks": "SpecAugment: channel spans masked per utterance",
+    "feature_mask_width": "SpecAugment: widest masked channel span",
+    "ctc_warmup_steps": "CTC warm-start steps of the projector before the next-token loss (0: none)",
+    "ctc_lr": "learning rate of the CTC warm start",
+    "ctc_batch_size": "utterances per batch of the CTC warm start",
+    "ctc_weight": "weight of a CTC loss kept beside the next-token loss after the warm start",
+    "freeze_projector": "train only the adapters and soft prompt in the next-token phase",
+    "prompt_lr": "learning rate of the soft prompt (default: --lr)",
+    "max_minutes": "stop (and save) once this much training time has passed",
+}
 
 
 def register(subparsers) -> None:
@@ -28,24 +54,27 @@ def register(subparsers) -> None:
 
     feats = sub.add_parser("features", help="compute (or find) the cached encoder features of a manifest")
     feats.add_argument("--encoder", required=True, help="zoo name, local HF dir or hub id")
-    feats.add_argument("--manifest", required=True, nargs="+")
-    feats.add_argument("--whisper-window", default="full", choices=WHISPER_WINDOWS)
+    feats.add_argument("--manifest", required=True, nargs="+", help="manifest(s) to encode (JSON Lines)")
+    feats.add_argument("--whisper-window", default="full", choices=WHISPER_WINDOWS, help=WINDOW_HELP)
     feats.add_argument("--limit", type=int, help="encode only the first N utterances (whole shards)")
     feats.set_defaults(func=_features)
 
     tr = sub.add_parser("train", help="train a SLAM model (projector, optionally LoRA); resumes if interrupted")
-    tr.add_argument("--encoder", default=SlamConfig.encoder)
+    tr.add_argument("--encoder", default=SlamConfig.encoder,
+                    help="frozen speech encoder: zoo name, local HF dir or hub id")
     tr.add_argument("--llm", default=SlamConfig.llm, help="zoo name, local HF dir (e.g. a pruned model) or hub id")
     tr.add_argument("--train", required=True, help="training manifest (JSON Lines)")
     tr.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
-    tr.add_argument("--task", default="asr", choices=TASKS)
+    tr.add_argument("--task", default="asr", choices=TASKS, help=TASK_HELP)
     tr.add_argument("--out", help="output directory (default: the shared cache, keyed by settings and data)")
     tr.add_argument("--lora", action="store_true", help="LoRA on the decoder's q, k, v, o projections")
-    tr.add_argument("--lora-r", type=int, default=8)
-    tr.add_argument("--lora-alpha", type=int, default=16)
+    tr.add_argument("--lora-r", type=int, default=8, help="rank of the LoRA matrices (with --lora)")
+    tr.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale: updates are scaled by alpha/r")
     tr.add_argument("--k", type=int, default=SlamConfig.k, help="frames concatenated per projector input")
-    tr.add_argument("--whisper-window", default=SlamConfig.whisper_window, choices=WHISPER_WINDOWS)
-    tr.add_argument("--no-chat-template", action="store_true")
+    tr.add_argument("--whisper-window", default=SlamConfig.whisper_window, choices=WHISPER_WINDOWS,
+                    help=WINDOW_HELP)
+    tr.add_argument("--no-chat-template", action="store_true",
+                    help="lay the prompt out as plain text even if the tokenizer has a chat template")
     tr.add_argument("--ctc-compress", action="store_true",
                     help="feed the LLM one vector per CTC label run (needs a CTC head: --ctc-warmup-steps > 0 "
                          "or --init-from)")
@@ -65,23 +94,26 @@ def register(subparsers) -> None:
     for f in fields(TrainConfig):  # every training setting is a flag (--steps, --lr, --ctc-warmup-steps …)
         if f.name in ("betas", "log_every", "mixed_precision"):
             continue
+        text = TRAIN_HELP.get(f.name) and f"{TRAIN_HELP[f.name]} (default {f.default})"
         if isinstance(f.default, bool):
-            tr.add_argument("--" + f.name.replace("_", "-"), action="store_const", const=True, help=f"default {f.default}")
+            tr.add_argument("--" + f.name.replace("_", "-"), action="store_const", const=True, help=text)
             continue
         kind = float if isinstance(f.default, float) or f.name in ("max_minutes", "prompt_lr") else int
-        tr.add_argument("--" + f.name.replace("_", "-"), type=kind, help=f"default {f.default}")
-    tr.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), help="default auto")
+        tr.add_argument("--" + f.name.replace("_", "-"), type=kind, help=text)
+    tr.add_argument("--mixed-precision", choices=("auto", "no", "bf16"),
+                    help="bf16 autocast: auto (where faster: GPUs with bf16), no or bf16 (default auto)")
     tr.add_argument("--eval", help="manifest to score during training (first --eval-limit utterances)")
-    tr.add_argument("--eval-every", type=int, default=0)
-    tr.add_argument("--eval-limit", type=int, default=200)
+    tr.add_argument("--eval-every", type=int, default=0,
+                    help="score --eval every N next-token steps (0: only at the end)")
+    tr.add_argument("--eval-limit", type=int, default=200, help="utterances of --eval to score")
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="greedy-decode a manifest and print WER (ASR) or BLEU/chrF (AST)")
     ev.add_argument("--model", required=True, help="directory written by `slam train` (or its final/)")
-    ev.add_argument("--manifest", required=True)
-    ev.add_argument("--task", default="asr", choices=TASKS)
+    ev.add_argument("--manifest", required=True, help="manifest to decode and score (JSON Lines)")
+    ev.add_argument("--task", default="asr", choices=TASKS, help=TASK_HELP)
     ev.add_argument("--limit", type=int, default=None, help="only the first N utterances")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=int, default=16, help="utterances decoded at once")
     ev.add_argument("--hyps", help="write id/ref/hyp JSON Lines here (must not exist)")
     ev.set_defaults(func=_evaluate)
 
@@ -99,7 +131,7 @@ def _train(args) -> int:
     import torch
 
     from speechllm_redundancy.slam import PROMPTS, RECOGNISER_PROMPTS, SlamConfig
-    from speechllm_redundancy.training import TrainConfig, train_slam
+    from speechllm_redundancy.training import TrainConfig, train_from_configs
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
@@ -112,9 +144,10 @@ def _train(args) -> int:
                           prompt_init=args.prompt_init,
                           prompts=dict(RECOGNISER_PROMPTS if args.asr_layout == "recognised" else PROMPTS))
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, result = train_slam(slam_cfg, cfg, args.train, task=args.task, out_dir=args.out,
-                               eval_manifest=args.eval, eval_every=args.eval_every, eval_limit=args.eval_limit,
-                               train_limit=args.train_limit, init_from=args.init_from)
+    model, result = train_from_configs(slam_cfg, cfg, args.train, task=args.task, out_dir=args.out,
+                                       eval_manifest=args.eval, eval_every=args.eval_every,
+                                       eval_limit=args.eval_limit, train_limit=args.train_limit,
+                                       init_from=args.init_from)
     if not is_main_process():  # the processes of one launch trained one model: the first one reports it
         return 0
     last = [h for h in result.history if "loss" in h][-1:] or [{}]
@@ -127,12 +160,14 @@ def _train(args) -> int:
 
 
 def _model_dir(path: str) -> Path:
+    from speechllm_redundancy.slam import is_saved_slam
+
     p = Path(path)
-    if (p / "slam.json").exists():
-        return p
-    if (p / "final" / "slam.json").exists():
-        return p / "final"
-    raise UserError(f"{p} holds no trained SLAM model (no slam.json): pass the --out directory of `slam train`.")
+    for where in (p, p / "final"):
+        if is_saved_slam(where):
+            return where
+    raise UserError(f"{p} holds no trained SLAM model (no config.json of SlamModel.save_pretrained in it "
+                    "or its final/): pass the --out directory of `slam train`.")
 
 
 def _evaluate(args) -> int:
@@ -141,7 +176,7 @@ def _evaluate(args) -> int:
 
     if args.hyps and Path(args.hyps).exists():
         raise UserError(f"{args.hyps} exists: choose a new file for --hyps (it is never overwritten).")
-    model = SlamModel.load(_model_dir(args.model))
+    model = SlamModel.from_pretrained(_model_dir(args.model))
     res = evaluate_slam(model, args.manifest, args.task, limit=args.limit, batch_size=args.batch_size,
                         progress=True)
     if not is_main_process():  # every process holds the gathered result: the first one reports and writes it

@@ -26,11 +26,13 @@ from speechllm_redundancy.slam import DECODING_RULE
 
 
 def manifest_evaluator(manifests: Mapping[str, str | os.PathLike], task: str = "asr",
-                       limit: int | None = None, max_new_tokens: int | None = None) -> Callable:
+                       limit: int | None = None, max_new_tokens: int | None = None,
+                       progress: bool = True) -> Callable:
     """``evaluate(model, set_name) -> score`` by greedy decoding of a manifest (WER for ASR, BLEU for AST).
 
     ``limit`` decodes the first N utterances of each set; ``max_new_tokens`` caps every output (None: the
-    decoder's default) — both bound the cost of a walk, so put them in the walk's ``key``.
+    decoder's default) — both bound the cost of a walk, so put them in the walk's ``key``. ``progress``
+    shows a bar over each set's utterances (decoding is most of a walk's time).
     """
     from speechllm_redundancy.evaluation import evaluate_slam
 
@@ -41,7 +43,7 @@ def manifest_evaluator(manifests: Mapping[str, str | os.PathLike], task: str = "
     def evaluate(model, name: str) -> float:
         if name not in manifests:
             raise UserError(f"no manifest for evaluation set {name!r}: use one of {', '.join(manifests)}.")
-        return evaluate_slam(model, manifests[name], task, limit=limit, **extra)["score"]
+        return evaluate_slam(model, manifests[name], task, limit=limit, progress=progress, **extra)["score"]
 
     return evaluate
 
@@ -146,10 +148,10 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
 def chance_scores(manifests: Mapping[str, str | os.PathLike], eval_sets: Sequence[str], task: str = "asr",
                   limit: int | None = None) -> dict[str, float]:
     """``evaluation.chance_score`` of each set's first ``limit`` references (those the walks decode)."""
-    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.data.manifest import read_manifest, targets
     from speechllm_redundancy.evaluation import chance_score
 
-    refs = {name: [u.text if task == "asr" else u.translation for u in read_manifest(manifests[name])[: limit or None]]
+    refs = {name: targets(read_manifest(manifests[name])[: limit or None], task, manifests[name])
             for name in eval_sets}
     return {name: chance_score(r, task) for name, r in refs.items()}
 

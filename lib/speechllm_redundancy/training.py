@@ -16,6 +16,11 @@ Exact resume: the examples of step s and every random draw in it (SpecAugment ma
 derived from (seed, phase, s) alone, so a run stopped after k steps and resumed from its checkpoint
 ends with the same parameters as one that never stopped.
 
+Three layers, each cached through the one below: ``trained_slam`` is the entry point (the model of a
+recipe's settings: what chapters and experiments ask for), ``train_from_configs`` trains explicit
+``SlamConfig`` + ``TrainConfig`` (the ``slam train`` CLI, the benchmarks) and ``train`` is the loop on a
+model and data (healing calls it directly).
+
 Optional CTC warm start (``ctc_warmup_steps``): before the SLAM loss, the projector is trained with CTC
 against the LLM's frozen token-embedding matrix (logit of token v at a frame = scale · ⟨proj(frame), E_v⟩,
 plus a learned blank). That teaches the projector to place speech near the embeddings of the spoken
@@ -44,7 +49,7 @@ from speechllm_redundancy.cache import (atomic_path, atomic_write_json, entry_lo
                                         verify_entry)
 from speechllm_redundancy.distributed import shard
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.slam import RECOGNISER_PROMPTS
+from speechllm_redundancy.slam import FORMAT_VERSION as SAVED_FORMAT, RECOGNISER_PROMPTS
 
 # fields that change how a run is logged or paced, not what it computes
 _NOT_IN_KEY = ("checkpoint_every", "log_every")
@@ -109,7 +114,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # {phase, step, loss, lr, minutes, [eval…]}
     minutes: float = 0.0
     steps: dict = field(default_factory=dict)  # phase → steps done
-    data: TrainData | None = None  # what it trained on (set by train_slam: healing runs reuse it)
+    data: TrainData | None = None  # what it trained on (set by train_from_configs: healing runs reuse it)
     warm_start: "TrainResult | None" = None  # the shared CTC warm start it began from (trained_slam, cpu recipe)
 
     @property
@@ -296,12 +301,58 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
     precision = resolve_mixed_precision(cfg.mixed_precision, "cpu" if device_cpu else "cuda")
     _allow_precision(precision)
     accelerator = Accelerator(cpu=device_cpu, mixed_precision=precision)
+    hooks = _Hooks(evaluate, eval_every, evaluate_ctc, progress and accelerator.is_main_process, stop_after)
     # Under `accelerate launch` only the main process takes the lock (the processes of one run must not
     # exclude each other); the others wait at the barrier, so all decide (hit, resume, fresh) on one state.
     with entry_lock(out_dir) if accelerator.is_main_process else contextlib.nullcontext():
         accelerator.wait_for_everyone()
-        return _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progress, stop_after,
-                      evaluate_ctc)
+        return _train(accelerator, model, data, cfg, out_dir, hooks)
+
+
+def _train(accelerator, model, data: TrainData, cfg: TrainConfig, out_dir: Path, hooks: _Hooks) -> TrainResult:
+    """The loop: a cache hit returns at once; otherwise each phase (CTC warm start, then next-token) is set up
+    or resumed, stepped to its end or the time budget, and checkpointed; the final model is saved."""
+    from tqdm.auto import tqdm
+
+    run_key = key_of(cfg.key(), data.fingerprint)
+    model.to(accelerator.device)  # a cache hit lands where a fresh run would
+    if (out_dir / "result.json").exists():
+        return _cached_result(model, out_dir, run_key)
+    if len(data) == 0:
+        raise UserError("no training examples: check the manifest and the task.")
+    run = _RunState.resume(out_dir / "checkpoint", run_key)
+    for index, (name, n_steps) in enumerate([("ctc", cfg.ctc_warmup_steps), ("slam", cfg.steps)]):
+        if n_steps <= 0 or run.out_of_time:
+            continue
+        resuming = run.resumes(name)
+        if resuming:
+            _restore_params(model, run.checkpoint)
+        done = run.steps.get(name, 0)
+        if done >= n_steps:
+            continue
+        phase = _set_up_phase(accelerator, model, data.examples, cfg, index, name, n_steps,
+                              run.checkpoint if resuming else None)
+        model.train()
+        with tqdm(total=n_steps, initial=done, desc=f"train {name}", disable=not hooks.progress) as bar:
+            while done < n_steps:
+                t0 = time.perf_counter()
+                loss = _step(accelerator, phase, cfg, done)
+                done += 1
+                run.record(name, done, loss, phase.scheduler.get_last_lr()[0], time.perf_counter() - t0,
+                           log=done % cfg.log_every == 0 or done == n_steps)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                run.out_of_time = _out_of_time(accelerator, cfg, run.elapsed)
+                finishing = done == n_steps or run.out_of_time
+                hooks.after_step(model, run, name, finishing)
+                if done % cfg.checkpoint_every == 0 or finishing:
+                    _save_checkpoint(accelerator, run, model, phase)
+                hooks.stop_if_asked(run)
+                if run.out_of_time:
+                    break
+        if name == "ctc" and done == n_steps:
+            hooks.after_warm_start(model, phase.module, run)
+    return _save_final(accelerator, model, cfg, out_dir, run)
 
 
 def _allow_precision(precision: str) -> None:
@@ -317,165 +368,139 @@ def _allow_precision(precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _finished_run(out_dir: Path) -> dict:
-    """result.json of a finished run, it and the final model checked against their records."""
-    fix = f"delete {out_dir} to train it again"
-    result_path = out_dir / "result.json"
-    try:
-        saved = json.loads(read_verified(result_path, fix=fix))
-    except ValueError as err:  # written before records existed, and damaged since
-        raise UserError(f"{result_path} is damaged (not JSON: {err}): {fix}.") from None
-    if (out_dir / "final").exists():
-        verify_entry(out_dir / "final", fix=fix, hash_limit=None)
-    return saved
+class TrainingInterrupted(RuntimeError):
+    """Raised by ``stop_after`` (tests of resume)."""
 
 
-def _train(accelerator, model, data, cfg, out_dir, evaluate, eval_every, progress, stop_after,
-           evaluate_ctc) -> TrainResult:
-    from tqdm.auto import tqdm
+# -- phase set-up ---------------------------------------------------------------------------------------
+@dataclass
+class _Phase:
+    """One phase made ready to step: what computes its loss, what it trains, how, and on which batches."""
 
-    run_key = key_of(cfg.key(), data.fingerprint)
-    result_path = out_dir / "result.json"
-    model.to(accelerator.device)  # a cache hit lands where a fresh run would
-    if result_path.exists():
-        saved = _finished_run(out_dir)
-        if saved.get("run_key") != run_key:
-            raise UserError(f"{out_dir} holds a finished run with other settings or data: choose another output "
-                            "directory (or delete that one to retrain).")
-        load_trainable(model, out_dir / "final")
-        return TrainResult(out_dir, saved["history"], saved["minutes"], saved["steps"])
-    if len(data) == 0:
-        raise UserError("no training examples: check the manifest and the task.")
+    name: str  # "ctc" (the warm start) or "slam" (next-token)
+    index: int  # its place in the run: seeds its batches and its random draws
+    examples: list[Example]
+    module: nn.Module  # the loss: CtcWarmup or the SlamModel itself
+    wrapped: nn.Module  # the same, prepared by accelerate (DDP under a launcher)
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    plan: BatchPlan
+    targets: list[list[int]] | None  # the token ids the CTC loss spells, where a CTC loss runs
+    aux: CtcWarmup | None  # the CTC loss kept beside the next-token loss (``ctc_weight``)
+    ctc_weight: float
 
-    ckpt_dir = out_dir / "checkpoint"
-    state = _load_checkpoint(ckpt_dir, run_key) if ckpt_dir.exists() else None
-    history: list[dict] = state["history"] if state else []
-    elapsed = state["elapsed"] if state else 0.0
-    steps_done: dict = dict(state["steps"]) if state else {}
-    examples = data.examples
+    def loss(self, accelerator, feats: list[torch.Tensor], idx: Sequence[int], weight: float) -> torch.Tensor:
+        """This process's part (``_mean_part``) of the micro-batch's loss, for its examples ``idx``."""
+        if self.name == "ctc":
+            return _mean_part(accelerator, self.wrapped(feats, [self.targets[i] for i in idx]), weight)
+        out = self.wrapped(feats, [self.examples[i].prompt for i in idx], [self.examples[i].target for i in idx])
+        loss = _mean_part(accelerator, out, weight)
+        if self.aux is not None:
+            ctc = self.aux(feats, [self.targets[i] for i in idx])
+            loss = loss + self.ctc_weight * _mean_part(accelerator, ctc, weight)
+        return loss
+
+
+def _set_up_phase(accelerator, model, examples: list[Example], cfg: TrainConfig, index: int, name: str,
+                  n_steps: int, checkpoint: dict | None) -> _Phase:
+    """Ready phase ``name``: which parameters train, AdamW and the warmup/warmdown schedule (their state taken
+    from ``checkpoint`` when it resumes this phase), the loss module prepared by accelerate, the batch plan."""
     lengths = [e.features.shape[0] for e in examples]
-    phases = [("ctc", cfg.ctc_warmup_steps), ("slam", cfg.steps)]
-    total_done = sum(steps_done.values())
-    out_of_time = False
+    # what the CTC loss spells; tokenised only where a CTC loss runs (not in every healing run)
+    targets = ([model.layout._ids((e.ctc_target or e.target).strip()) for e in examples]
+               if name == "ctc" or cfg.ctc_weight else None)
+    if name == "ctc":
+        module, aux, params = _warm_start_trains(accelerator, model, targets, lengths)
+        lr, batch_size = cfg.ctc_lr, cfg.ctc_batch_size
+    else:
+        module, aux, params = _next_token_trains(model, cfg)
+        lr, batch_size = cfg.lr, cfg.batch_size
+    if not params:
+        raise UserError("nothing to train: every parameter is frozen (unfreeze the projector, add LoRA or "
+                        "SlamConfig.prompt_vectors).")
+    optimizer = torch.optim.AdamW(_param_groups(model, params, cfg.prompt_lr), lr=lr,
+                                  betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(cfg.warmup_steps, n_steps), n_steps))
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    wrapped, optimizer = accelerator.prepare(module, optimizer)
+    plan = BatchPlan(lengths, batch_size, cfg.seed, index, cfg.bucket)
+    return _Phase(name, index, examples, module, wrapped, params, optimizer, scheduler, plan, targets, aux,
+                  cfg.ctc_weight)
 
-    for p, (phase, n_steps) in enumerate(phases):
-        if n_steps <= 0 or out_of_time:
-            continue
-        done = steps_done.get(phase, 0)
-        if done >= n_steps:
-            if state and state["phase"] == phase:
-                _restore_params(model, state)
-            continue
-        resuming = bool(state and state["phase"] == phase)
-        if resuming:
-            _restore_params(model, state)
-        # what the CTC loss spells; tokenised only where a CTC loss runs (not in every healing run)
-        targets_ids = ([model.layout._ids((e.ctc_target or e.target).strip()) for e in examples]
-                       if phase == "ctc" or cfg.ctc_weight else None)
-        if phase == "ctc":
-            feasible = sum(len(t) <= math.ceil(n / model.projector.k) for t, n in zip(targets_ids, lengths))
-            if feasible < len(examples) / 2:
-                raise UserError(f"CTC warm start: only {feasible}/{len(examples)} utterances have at least as many "
-                                "projected frames as target tokens; lower k or drop ctc_warmup_steps.")
-            if model.ctc is None:
-                from speechllm_redundancy.slam import CtcHead
 
-                width = model.llm.get_input_embeddings().weight.shape[1]
-                model.ctc = CtcHead(width, [t for ids in targets_ids for t in ids]).to(accelerator.device)
-            model.ctc.requires_grad_(True)
-            module = CtcWarmup(model)
-            params = [q for q in model.projector.parameters()] + list(model.ctc.parameters())
-            lr, batch_size = cfg.ctc_lr, cfg.ctc_batch_size
-        else:
-            if model.ctc is not None:
-                model.ctc.requires_grad_(False)  # the head is fixed once the warm start is over
-            module = model
-            if cfg.freeze_projector:
-                model.projector.requires_grad_(False)
-            if cfg.ctc_weight and model.ctc is None:
-                raise UserError(f"ctc_weight={cfg.ctc_weight} needs a CTC head: add ctc_warmup_steps or start "
-                                "from a model that has one (train_slam init_from=).")
-            aux = CtcWarmup(model) if cfg.ctc_weight else None
-            params = [q for q in model.parameters() if q.requires_grad]
-            lr, batch_size = cfg.lr, cfg.batch_size
-        if not params:
-            raise UserError("nothing to train: every parameter is frozen (unfreeze the projector, add LoRA or "
-                            "SlamConfig.prompt_vectors).")
-        optimizer = torch.optim.AdamW(_param_groups(model, params, cfg.prompt_lr), lr=lr,
-                                      betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(cfg.warmup_steps, n_steps), n_steps))
-        if resuming:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        wrapped, optimizer = accelerator.prepare(module, optimizer)
-        plan = BatchPlan(lengths, batch_size, cfg.seed, p, cfg.bucket)
-        bar = tqdm(total=n_steps, initial=done, desc=f"train {phase}",
-                   disable=not (progress and accelerator.is_main_process))
-        model.train()
-        while done < n_steps:
-            t0 = time.perf_counter()
-            torch.manual_seed(_step_seed(cfg.seed, p, done))
-            gen = torch.Generator().manual_seed(_step_seed(cfg.seed, p, done) + 1)
-            loss_sum = 0.0
-            for micro in range(cfg.grad_accum):
-                batch = plan.batch(done * cfg.grad_accum + micro)
-                idx, weight = shard(batch, accelerator.process_index, accelerator.num_processes)
-                feats = _features_of(examples, batch, idx, gen, cfg)
-                ctx = accelerator.no_sync(wrapped) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
-                with ctx, accelerator.autocast():
-                    if phase == "ctc":
-                        loss = _mean_part(accelerator, wrapped(feats, [targets_ids[i] for i in idx]), weight)
-                    else:
-                        out = wrapped(feats, [examples[i].prompt for i in idx], [examples[i].target for i in idx])
-                        loss = _mean_part(accelerator, out, weight)
-                        if aux is not None:
-                            ctc = aux(feats, [targets_ids[i] for i in idx])
-                            loss = loss + cfg.ctc_weight * _mean_part(accelerator, ctc, weight)
-                    loss = loss / cfg.grad_accum
-                accelerator.backward(loss)
-                loss_sum += float(accelerator.reduce(loss.detach(), "mean"))  # the batch's, as in one process
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            done += 1
-            total_done += 1
-            elapsed += time.perf_counter() - t0
-            steps_done[phase] = done
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}")
-            if done % cfg.log_every == 0 or done == n_steps:
-                history.append({"phase": phase, "step": done, "loss": loss_sum,
-                                "lr": scheduler.get_last_lr()[0], "minutes": elapsed / 60})
-            out_of_time = cfg.max_minutes is not None and _any_process(accelerator,
-                                                                       elapsed >= cfg.max_minutes * 60)
-            finishing = done == n_steps or out_of_time
-            if evaluate and phase == "slam" and ((eval_every and done % eval_every == 0) or finishing):
-                model.eval()
-                history.append({"phase": phase, "step": done, "minutes": elapsed / 60, **evaluate(model)})
-                model.train()
-            if done % cfg.checkpoint_every == 0 or finishing:
-                _save_checkpoint(accelerator, ckpt_dir, run_key, phase, model, optimizer, scheduler,
-                                 history, elapsed, steps_done)
-            if stop_after is not None and total_done >= stop_after:
-                bar.close()
-                raise TrainingInterrupted(f"stopped after {total_done} steps (stop_after)")
-            if out_of_time:
-                break
-        bar.close()
-        if phase == "ctc" and evaluate_ctc and done == n_steps:
-            model.eval()
-            history.append({"phase": phase, "step": done, "minutes": elapsed / 60, **evaluate_ctc(module)})
-            model.train()
+def _warm_start_trains(accelerator, model, targets: list[list[int]],
+                       lengths: list[int]) -> tuple[CtcWarmup, None, list]:
+    """The CTC warm start trains the projector and the CTC head, which a first warm start makes here (over
+    the tokens of its targets). Returns (the loss module, no second loss, the parameters it trains)."""
+    feasible = sum(len(t) <= math.ceil(n / model.projector.k) for t, n in zip(targets, lengths))
+    if feasible < len(targets) / 2:
+        raise UserError(f"CTC warm start: only {feasible}/{len(targets)} utterances have at least as many "
+                        "projected frames as target tokens; lower k or drop ctc_warmup_steps.")
+    if model.ctc is None:
+        from speechllm_redundancy.slam import CtcHead
 
-    model.eval()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save(out_dir / "final") if hasattr(model, "save") else None
-        atomic_write_json(result_path, {"run_key": run_key, "history": history, "minutes": elapsed / 60,
-                                        "steps": steps_done, "config": asdict(cfg)}, seal=True)
-    accelerator.wait_for_everyone()
-    return TrainResult(out_dir, history, elapsed / 60, steps_done)
+        width = model.llm.get_input_embeddings().weight.shape[1]
+        model.ctc = CtcHead(width, [t for ids in targets for t in ids]).to(accelerator.device)
+    model.ctc.requires_grad_(True)
+    return CtcWarmup(model), None, [*model.projector.parameters(), *model.ctc.parameters()]
+
+
+def _next_token_trains(model, cfg: TrainConfig) -> tuple[nn.Module, CtcWarmup | None, list]:
+    """The next-token phase trains what requires grad, less the projector with ``freeze_projector``; the CTC
+    head stays as the warm start left it. Returns (the loss module, the ``ctc_weight`` loss beside it or
+    None, the parameters it trains)."""
+    if model.ctc is not None:
+        model.ctc.requires_grad_(False)
+    if cfg.freeze_projector:
+        model.projector.requires_grad_(False)
+    if cfg.ctc_weight and model.ctc is None:
+        raise UserError(f"ctc_weight={cfg.ctc_weight} needs a CTC head: add ctc_warmup_steps or start "
+                        "from a model that has one (train_from_configs init_from=).")
+    aux = CtcWarmup(model) if cfg.ctc_weight else None
+    return model, aux, [q for q in model.parameters() if q.requires_grad]
+
+
+def _param_groups(model, params: list, prompt_lr: float | None) -> list[dict]:
+    """One optimiser group, or two when a trained soft prompt takes its own learning rate (prompt tuning
+    wants ~10-100x the rate of weights: its vectors start at token embeddings and move far)."""
+    prompt = getattr(model, "soft_prompt", None)
+    if prompt_lr is None or prompt is None or not any(q is prompt for q in params):
+        return [{"params": params}]
+    rest = [q for q in params if q is not prompt]
+    return ([{"params": rest}] if rest else []) + [{"params": [prompt], "lr": prompt_lr}]
+
+
+# -- one step -------------------------------------------------------------------------------------------
+def _step(accelerator, phase: _Phase, cfg: TrainConfig, step: int) -> float:
+    """Optimiser step ``step`` of ``phase`` over ``grad_accum`` micro-batches. Its examples and every random
+    draw in it (SpecAugment masks, dropout) follow from (seed, phase, step) alone: that makes resume exact.
+    Returns the step's loss, the batch's as one process computes it."""
+    torch.manual_seed(_step_seed(cfg.seed, phase.index, step))
+    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, phase.index, step) + 1)
+    loss_sum = 0.0
+    for micro in range(cfg.grad_accum):
+        batch = phase.plan.batch(step * cfg.grad_accum + micro)
+        idx, weight = shard(batch, accelerator.process_index, accelerator.num_processes)
+        feats = _features_of(phase.examples, batch, idx, gen, cfg)
+        # processes exchange gradients once a step, at its last micro-batch
+        sync = accelerator.no_sync(phase.wrapped) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+        with sync, accelerator.autocast():
+            loss = phase.loss(accelerator, feats, idx, weight) / cfg.grad_accum
+        accelerator.backward(loss)
+        loss_sum += float(accelerator.reduce(loss.detach(), "mean"))  # the batch's, as in one process
+    if cfg.grad_clip:
+        accelerator.clip_grad_norm_(phase.params, cfg.grad_clip)
+    phase.optimizer.step()
+    phase.scheduler.step()
+    phase.optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def _step_seed(seed: int, phase: int, step: int) -> int:
+    return (seed * 1_000_003 + phase * 10_007 + step) % (2**31 - 1)
 
 
 def _mean_part(accelerator, out: dict, weight: float) -> torch.Tensor:
@@ -489,28 +514,106 @@ def _mean_part(accelerator, out: dict, weight: float) -> torch.Tensor:
     return total * accelerator.num_processes / accelerator.reduce(count, "sum")
 
 
+# -- time budget and evaluation hooks -------------------------------------------------------------------
+def _out_of_time(accelerator, cfg: TrainConfig, elapsed: float) -> bool:
+    """Whether ``max_minutes`` of training have passed, in any process (all stop at the same step)."""
+    return cfg.max_minutes is not None and _any_process(accelerator, elapsed >= cfg.max_minutes * 60)
+
+
 def _any_process(accelerator, flag: bool) -> bool:
     """Whether ``flag`` holds in any process: a decision to stop must be the same in all of them (one
     process leaving the loop early would leave the others waiting for it at the next gradient exchange)."""
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum") > 0)
 
 
-def _param_groups(model, params: list, prompt_lr: float | None) -> list[dict]:
-    """One optimiser group, or two when a trained soft prompt takes its own learning rate (prompt tuning
-    wants ~10-100x the rate of weights: its vectors start at token embeddings and move far)."""
-    prompt = getattr(model, "soft_prompt", None)
-    if prompt_lr is None or prompt is None or not any(q is prompt for q in params):
-        return [{"params": params}]
-    rest = [q for q in params if q is not prompt]
-    return ([{"params": rest}] if rest else []) + [{"params": [prompt], "lr": prompt_lr}]
+@dataclass
+class _Hooks:
+    """What the caller runs beside training: evaluations (their time not counted as training time), the
+    progress bar, and a test's interruption."""
+
+    evaluate: Callable[[object], dict] | None
+    eval_every: int
+    evaluate_ctc: Callable[[CtcWarmup], dict] | None
+    progress: bool
+    stop_after: int | None
+
+    def after_step(self, model, run: _RunState, phase: str, finishing: bool) -> None:
+        """``evaluate`` every ``eval_every`` next-token steps and at the phase's last one."""
+        done = run.steps[phase]
+        due = (self.eval_every and done % self.eval_every == 0) or finishing
+        if self.evaluate and phase == "slam" and due:
+            _log_evaluation(model, self.evaluate, model, run, phase)
+
+    def after_warm_start(self, model, module: CtcWarmup, run: _RunState) -> None:
+        """``evaluate_ctc`` once the warm start has run all its steps (how far it gets alone)."""
+        if self.evaluate_ctc:
+            _log_evaluation(model, self.evaluate_ctc, module, run, "ctc")
+
+    def stop_if_asked(self, run: _RunState) -> None:
+        """``stop_after``: stop once that many steps are done in all, as an interruption would."""
+        if self.stop_after is not None and run.total >= self.stop_after:
+            raise TrainingInterrupted(f"stopped after {run.total} steps (stop_after)")
 
 
-class TrainingInterrupted(RuntimeError):
-    """Raised by ``stop_after`` (tests of resume)."""
+def _log_evaluation(model, evaluate: Callable, subject, run: _RunState, phase: str) -> None:
+    model.eval()
+    scores = evaluate(subject)
+    run.history.append({"phase": phase, "step": run.steps[phase], "minutes": run.elapsed / 60, **scores})
+    model.train()
 
 
-def _step_seed(seed: int, phase: int, step: int) -> int:
-    return (seed * 1_000_003 + phase * 10_007 + step) % (2**31 - 1)
+# -- checkpoints and the cached result ------------------------------------------------------------------
+@dataclass
+class _RunState:
+    """Where a run stands, which is what its checkpoint saves and a resumed run starts from."""
+
+    key: str  # the run's settings and data: a checkpoint or result of another key is refused
+    ckpt_dir: Path
+    history: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0  # training seconds, evaluation not counted
+    steps: dict = field(default_factory=dict)  # phase → steps done
+    checkpoint: dict | None = None  # the saved state this run resumed from
+    out_of_time: bool = False
+
+    @classmethod
+    def resume(cls, ckpt_dir: Path, run_key: str) -> _RunState:
+        """From the checkpoint in ``ckpt_dir`` (it must be of this run), or from step 0 without one."""
+        if not ckpt_dir.exists():
+            return cls(run_key, ckpt_dir)
+        state = _load_checkpoint(ckpt_dir, run_key)
+        return cls(run_key, ckpt_dir, state["history"], state["elapsed"], dict(state["steps"]), state)
+
+    def resumes(self, phase: str) -> bool:
+        """Whether the checkpoint was saved in ``phase``: its parameters (and optimiser) are then where the
+        phase continues."""
+        return self.checkpoint is not None and self.checkpoint["phase"] == phase
+
+    @property
+    def total(self) -> int:
+        return sum(self.steps.values())
+
+    def record(self, phase: str, done: int, loss: float, lr: float, seconds: float, log: bool) -> None:
+        """Step ``done`` of ``phase`` took ``seconds``; with ``log`` its loss joins the history."""
+        self.elapsed += seconds
+        self.steps[phase] = done
+        if log:
+            self.history.append({"phase": phase, "step": done, "loss": loss, "lr": lr,
+                                 "minutes": self.elapsed / 60})
+
+
+def _save_checkpoint(accelerator, run: _RunState, model, phase: _Phase) -> None:
+    """What resuming ``phase`` needs: the trained parameters, the optimiser and schedule, the run's state."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    state = {
+        "run_key": run.key, "phase": phase.name, "params": _model_state(model),
+        "optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict(),
+        "history": _plain(run.history), "elapsed": float(run.elapsed), "steps": _plain(run.steps),
+    }
+    with atomic_path(run.ckpt_dir, seal=True) as tmp:
+        tmp.mkdir()
+        torch.save(state, tmp / "state.pt")
 
 
 def _model_state(model) -> dict[str, torch.Tensor]:
@@ -521,30 +624,17 @@ def _model_state(model) -> dict[str, torch.Tensor]:
 
 
 def _restore_params(model, state: dict) -> None:
+    """Load a checkpoint's parameters into ``model``, making the CTC head it has and the model lacks."""
     params = state["params"]
     if "ctc.vocab" in params and getattr(model, "ctc", None) is None:
         from speechllm_redundancy.slam import CtcHead
 
-        model.ctc = CtcHead(params["ctc.blank"].shape[0], params["ctc.vocab"].tolist()).to(model.device)
+        head = {k.removeprefix("ctc."): v for k, v in params.items() if k.startswith("ctc.")}
+        model.ctc = CtcHead.from_state(head).to(model.device)
     missing = set(params) - set(model.state_dict())
     if missing:
         raise UserError(f"checkpoint does not fit this model ({sorted(missing)[:3]}): use a new output directory.")
     model.load_state_dict(params, strict=False)
-
-
-def _save_checkpoint(accelerator, ckpt_dir, run_key, phase, model, optimizer, scheduler, history,
-                     elapsed, steps_done) -> None:
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    state = {
-        "run_key": run_key, "phase": phase, "params": _model_state(model),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "history": _plain(history), "elapsed": float(elapsed), "steps": _plain(steps_done),
-    }
-    with atomic_path(ckpt_dir, seal=True) as tmp:
-        tmp.mkdir()
-        torch.save(state, tmp / "state.pt")
 
 
 def _plain(value):
@@ -575,38 +665,68 @@ def _load_checkpoint(ckpt_dir: Path, run_key: str) -> dict:
     return state
 
 
-def load_trainable(model, final_dir: str | os.PathLike) -> None:
-    """Copy a saved model's projector and adapters into ``model`` (same architecture)."""
-    model.load_weights(final_dir)
+def _save_final(accelerator, model, cfg: TrainConfig, out_dir: Path, run: _RunState) -> TrainResult:
+    """The final model and result.json: the cache entry the next call with these settings hits."""
+    model.eval()
+    if accelerator.is_main_process:
+        if hasattr(model, "save_pretrained"):
+            accelerator.unwrap_model(model).save_pretrained(out_dir / "final")
+        atomic_write_json(out_dir / "result.json", {"run_key": run.key, "history": run.history,
+                                                    "minutes": run.elapsed / 60, "steps": run.steps,
+                                                    "config": asdict(cfg)}, seal=True)
+    accelerator.wait_for_everyone()
+    return TrainResult(out_dir, run.history, run.elapsed / 60, run.steps)
 
 
-# -- the cached recipe -----------------------------------------------------------------------------------
+def _cached_result(model, out_dir: Path, run_key: str) -> TrainResult:
+    """A finished run's result, its weights loaded into ``model``; result.json and the final model are
+    checked against their records, and a run of other settings or data is refused."""
+    fix = f"delete {out_dir} to train it again"
+    result_path = out_dir / "result.json"
+    try:
+        saved = json.loads(read_verified(result_path, fix=fix))
+    except ValueError as err:  # written before records existed, and damaged since
+        raise UserError(f"{result_path} is damaged (not JSON: {err}): {fix}.") from None
+    if (out_dir / "final").exists():
+        verify_entry(out_dir / "final", fix=fix, hash_limit=None)
+    if saved.get("run_key") != run_key:
+        raise UserError(f"{out_dir} holds a finished run with other settings or data: choose another output "
+                        "directory (or delete that one to retrain).")
+    model.load_weights(out_dir / "final")
+    return TrainResult(out_dir, saved["history"], saved["minutes"], saved["steps"])
+
+
+# -- a cached run of explicit configs (under the entry point) -------------------------------------------
 def slam_run_dir(slam_config, cfg: TrainConfig, data: TrainData) -> Path:  # data.fingerprint covers any init
-    """Where the trained result of (model config, training config, data) lives in the shared cache."""
+    """Where the trained result of (model config, training config, data) lives in the shared cache; the saved
+    format is part of the key, so a model saved in an older layout is retrained, never misread."""
     from speechllm_redundancy.paths import artifacts_dir
 
-    return artifacts_dir() / "slam" / key_of(asdict(slam_config), cfg.key(), data.fingerprint)
+    return artifacts_dir() / "slam" / key_of(asdict(slam_config), cfg.key(), data.fingerprint, SAVED_FORMAT)
 
 
-def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.PathLike, task: str = "asr",
-               out_dir: str | os.PathLike | None = None, eval_manifest: str | os.PathLike | None = None,
-               eval_every: int = 0, eval_limit: int | None = 200, progress: bool = True,
-               train_limit: int | None = None, init_from: str | os.PathLike | None = None):
-    """The whole recipe, cached: encoder features (shared cache) → SlamModel → ``train``.
+def train_from_configs(slam_config, train_config: TrainConfig, train_manifest: str | os.PathLike,
+                       task: str = "asr", out_dir: str | os.PathLike | None = None,
+                       eval_manifest: str | os.PathLike | None = None, eval_every: int = 0,
+                       eval_limit: int | None = 200, progress: bool = True, train_limit: int | None = None,
+                       init_from: str | os.PathLike | None = None):
+    """A SLAM model of explicit configs, cached: encoder features (shared cache) → SlamModel → ``train``.
+    The layer under ``trained_slam`` (which picks the configs from a recipe), for callers that set fields
+    no recipe names: the ``slam train`` CLI and the benchmarks.
 
     Without ``out_dir`` the run lives in ``artifacts/slam/<key of configs + data>``, so a second call with
     the same inputs returns the trained model at once (and an interrupted one resumes). ``train_limit``
     trains on the first N utterances of the manifest only (and encodes only those: on a CPU, encoding a
     large corpus can cost more than a short training run). ``init_from``: a saved SLAM model (e.g. a cached
     CTC warm start) whose projector and CTC head this run starts from; a hash of its weights joins the key.
-    Returns (model, TrainResult).
+    ``eval_manifest``: scored every ``eval_every`` steps and at the end (and the warm start's CTC transcripts
+    once it is over, for ASR). Returns (model, TrainResult).
     """
     from dataclasses import replace
 
     from speechllm_redundancy.data.manifest import read_manifest, targets
-    from speechllm_redundancy.evaluation import evaluate_slam
     from speechllm_redundancy.features import cached_features, fingerprint
-    from speechllm_redundancy.slam import SlamModel
+    from speechllm_redundancy.slam import SlamModel, is_saved_slam
 
     utts = read_manifest(train_manifest)[:train_limit]
     targets(utts, task, train_manifest)  # a row without its target fails now, not after the encoding
@@ -619,28 +739,15 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
         model = SlamModel(slam_config)
     if init_from is not None:
         init_from = Path(init_from)
-        if not (init_from / "slam.json").exists():
-            raise UserError(f"init_from={init_from}: not a saved SLAM model (no slam.json).")
+        if not is_saved_slam(init_from):
+            raise UserError(f"init_from={init_from}: not a saved SLAM model (one SlamModel.save_pretrained "
+                            "wrote).")
         model.load_weights(init_from, adapters=False)
         # keyed by the saved weights, not the path: two models saved under the same names are two inits
         data = TrainData(data.examples, key_of(data.fingerprint, "init", fingerprint(str(init_from))))
     evaluate = evaluate_ctc = None
     if eval_manifest:
-        eval_store = cached_features(slam_config.encoder, eval_manifest, whisper_window=slam_config.whisper_window,
-                                     progress=progress)
-        eval_utts = read_manifest(eval_manifest)[: eval_limit or None]
-
-        def evaluate(m):
-            res = evaluate_slam(m, eval_manifest, task, limit=eval_limit)
-            return {f"eval_{res['metric']}": res["score"], "eval_seconds": res["seconds"]}
-
-        if task == "asr":
-            def evaluate_ctc(module):
-                from speechllm_redundancy.evaluation import wer
-
-                hyps = module.transcribe([eval_store[u.id] for u in eval_utts])
-                return {"eval_ctc_wer": wer([u.text for u in eval_utts], hyps)}
-
+        evaluate, evaluate_ctc = _evaluators(slam_config, eval_manifest, task, eval_limit, progress)
     out_dir = Path(out_dir) if out_dir else slam_run_dir(slam_config, train_config, data)
     result = train(model, data, train_config, out_dir, evaluate=evaluate, eval_every=eval_every, progress=progress,
                    evaluate_ctc=evaluate_ctc)
@@ -648,7 +755,32 @@ def train_slam(slam_config, train_config: TrainConfig, train_manifest: str | os.
     return model, result
 
 
-# -- the models the chapters share -----------------------------------------------------------------------
+def _evaluators(slam_config, eval_manifest: str | os.PathLike, task: str, eval_limit: int | None,
+                progress: bool):
+    """``train``'s hooks scoring ``eval_manifest``: the model's ``task`` score, and for ASR the WER of the
+    warm start's CTC transcripts (None for other tasks)."""
+    from speechllm_redundancy.data.manifest import read_manifest
+    from speechllm_redundancy.evaluation import evaluate_slam
+    from speechllm_redundancy.features import cached_features
+
+    eval_store = cached_features(slam_config.encoder, eval_manifest, whisper_window=slam_config.whisper_window,
+                                 progress=progress)
+    eval_utts = read_manifest(eval_manifest)[: eval_limit or None]
+
+    def evaluate(m):
+        res = evaluate_slam(m, eval_manifest, task, limit=eval_limit)
+        return {f"eval_{res['metric']}": res["score"], "eval_seconds": res["seconds"]}
+
+    def evaluate_ctc(module):
+        from speechllm_redundancy.evaluation import wer
+
+        hyps = module.transcribe([eval_store[u.id] for u in eval_utts])
+        return {"eval_ctc_wer": wer([u.text for u in eval_utts], hyps)}
+
+    return evaluate, (evaluate_ctc if task == "asr" else None)
+
+
+# -- the entry point: the models the chapters share -----------------------------------------------------
 # How a chapter's SLAM models are trained. "paper": the paper's recipe (next-token loss from scratch, the
 # LLM reading every projected frame) — for GPUs and long runs. "cpu": the recipe measured on a 2-core CPU
 # (book/method.md, benchmarks/slam_training.py): a CTC warm start of the projector against the frozen token
@@ -694,12 +826,13 @@ def ctc_warm_start(encoder: str, llm: str, manifest: str | os.PathLike, *, steps
     each utterance's transcript in the decoder's tokens (no LLM forward). It depends on the speech and its
     transcript only, so every SLAM model of the ``cpu`` recipe on the same encoder and decoder can start
     from one: frozen and LoRA variants, and a translation model whose source language is the ASR corpus's.
-    Returns a TrainResult (its ``out_dir / "final"`` is the saved model)."""
+    ``trained_slam`` calls it for the cpu recipe; the training benchmark calls it to score the warm start
+    alone. Returns a TrainResult (its ``out_dir / "final"`` is the saved model)."""
     from speechllm_redundancy.slam import SlamConfig
 
     config = SlamConfig(encoder=encoder, llm=llm, whisper_window=whisper_window, prompts={})  # prompts: unused
-    _, result = train_slam(config, TrainConfig(steps=0, seed=seed, ctc_warmup_steps=steps), manifest,
-                           task="asr", train_limit=train_limit, progress=progress)
+    _, result = train_from_configs(config, TrainConfig(steps=0, seed=seed, ctc_warmup_steps=steps), manifest,
+                                   task="asr", train_limit=train_limit, progress=progress)
     return result
 
 
@@ -708,13 +841,13 @@ def trained_slam(encoder: str, llm: str, train_manifest: str | os.PathLike, *, s
                  train_limit: int | None = None, lora: dict | None = None, device: str | None = None,
                  ctc_steps: int | None = None, warm_start_manifest: str | os.PathLike | None = None,
                  warm_start_limit: int | None = None, progress: bool = True):
-    """The SLAM model of (encoder, decoder, task, recipe, data), trained once through the shared cache:
-    every chapter asking for the same one gets the same weights. ``result.key`` names it for downstream
-    caches; ``result.data`` is what it trained on (healing reuses it); ``result.warm_start`` is the shared
-    CTC warm start it began from (cpu recipe). ``steps``: next-token steps, one number or a mapping
-    decoder → steps (0 allowed in the cpu recipe: the LLM reads the warm start as it is). ``ctc_steps``:
-    the cpu recipe's warm-start length (None: the recipe's default). ``warm_start_manifest`` /
-    ``warm_start_limit``: the speech the warm start spells (default: the training manifest and limit; a
+    """The entry point: the SLAM model of (encoder, decoder, task, recipe, data), trained once through the
+    shared cache, so every chapter asking for the same one gets the same weights. ``result.key`` names it
+    for downstream caches; ``result.data`` is what it trained on (healing reuses it); ``result.warm_start``
+    is the shared CTC warm start it began from (cpu recipe). ``steps``: next-token steps, one number or a
+    mapping decoder → steps (0 allowed in the cpu recipe: the LLM reads the warm start as it is).
+    ``ctc_steps``: the cpu recipe's warm-start length (None: the recipe's default). ``warm_start_manifest``
+    / ``warm_start_limit``: the speech the warm start spells (default: the training manifest and limit; a
     translation model can name the ASR corpus of its source language, and share that warm start).
     Returns (model, TrainResult)."""
     from speechllm_redundancy.slam import SlamConfig
@@ -742,8 +875,9 @@ def trained_slam(encoder: str, llm: str, train_manifest: str | os.PathLike, *, s
             warm_start_manifest, warm_start_limit = train_manifest, train_limit
         warm = ctc_warm_start(encoder, llm, warm_start_manifest, steps=ctc_steps or spec["ctc_steps"], seed=seed,
                               whisper_window=whisper_window, train_limit=warm_start_limit, progress=progress)
-    model, result = train_slam(slam_config, train_config, train_manifest, task=task, train_limit=train_limit,
-                               progress=progress, init_from=warm.out_dir / "final" if warm else None)
+    model, result = train_from_configs(slam_config, train_config, train_manifest, task=task,
+                                       train_limit=train_limit, progress=progress,
+                                       init_from=warm.out_dir / "final" if warm else None)
     result.warm_start = warm
     if device:
         model.to(device)

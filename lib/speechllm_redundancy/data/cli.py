@@ -55,6 +55,6 @@ def register(subparsers) -> None:
         "validate", help="check manifests: UTF-8, ids unique, text present; audio present, readable, "
         "not empty, at its stated rate, short enough"
     )
-    check.add_argument("manifest", nargs="+", type=Path)
+    check.add_argument("manifest", nargs="+", type=Path, help="manifest(s) to check (JSON Lines)")
     check.add_argument("--max-seconds", type=float, default=30.0, help="longest audio the encoder accepts")
     check.set_defaults(func=_validate)

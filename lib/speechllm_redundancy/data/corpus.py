@@ -44,6 +44,7 @@ from speechllm_redundancy.data.readers import read_external, read_librivox_testd
 from speechllm_redundancy.data.text_sources import TextPools, load_text_pools, words
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import artifact_path
+from speechllm_redundancy.profiles import load_profile
 
 CORPUS_VERSION = 1  # bump when planning or synthesis changes what a given config produces
 ASR_TEST_SPLITS = ("test-clean", "test-other", "dev-ood")
@@ -74,8 +75,8 @@ class CorpusConfig:
 
 
 def corpus_config(profile: str | os.PathLike | dict | CorpusConfig | None = "default") -> CorpusConfig:
-    """A config from a preset name (``smoke``, ``default``), a profile YAML (its ``corpus:`` mapping),
-    a dict, or a config."""
+    """A config from a preset name (``smoke``, ``default``), a profile (name or YAML path: its ``corpus:``
+    mapping), a dict, or a config."""
     if isinstance(profile, CorpusConfig):
         return profile
     if profile is None:
@@ -85,21 +86,9 @@ def corpus_config(profile: str | os.PathLike | dict | CorpusConfig | None = "def
     elif isinstance(profile, dict):
         raw = dict(profile.get("corpus", profile))
     else:
-        path = Path(profile)
-        if not path.is_file():
-            raise UserError(
-                f"profile {profile!r} is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file"
-            )
-        import yaml
-
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({err})") from None
-        raw = doc.get("corpus") or {}
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: `corpus:` must be a mapping, e.g. corpus: {{size: smoke}}")
-        raw.setdefault("size", path.stem if path.stem in PRESETS else "default")
+        loaded = load_profile(profile)
+        raw = dict(loaded.corpus)
+        raw.setdefault("size", loaded.name if loaded.name in PRESETS else "default")
     raw = _expand_real_corpora(raw)
     size = raw.get("size", "default")
     if size not in PRESETS:

@@ -33,6 +33,11 @@ class Utterance:
     translation: str | None = None
     speaker: str | None = None
 
+    def target(self, task: str) -> str:
+        """What a model learns and is scored on: the transcript for ``asr``, the translation for ``ast-*``
+        (UserError if this utterance has none)."""
+        return targets([self], task)[0]
+
 
 _FIELDS = {f.name for f in fields(Utterance)}
 
@@ -90,17 +95,18 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     return [_parse_line(raw, f"{path}:{number}", base) for number, raw in _lines(path)]
 
 
-def targets(utts: Sequence[Utterance], task: str, source: str | os.PathLike) -> list[str]:
-    """What a model learns and is scored on: the transcript for ``asr``, the translation for ``ast-*``.
-    Callers check this before encoding anything: a row without its target is named at once, not after
-    minutes of feature extraction."""
+def targets(utts: Sequence[Utterance], task: str, source: str | os.PathLike | None = None) -> list[str]:
+    """``Utterance.target`` of each utterance, all checked first: the error names every row without its
+    target (and ``source``, where they came from). Callers check this before encoding anything: a row
+    without its target is named at once, not after minutes of feature extraction."""
     name = "text" if task == "asr" else "translation"
     found = [getattr(u, name) for u in utts]
     missing = [u.id for u, t in zip(utts, found) if t is None or not str(t).strip()]
     if missing:
         listed = ", ".join(map(repr, missing[:3])) + (", …" if len(missing) > 3 else "")
+        where = "" if source is None else f"{source}: "
         raise UserError(
-            f"{source}: {len(missing)} utterance(s) have no {name} for task {task!r} ({listed}): give each "
+            f"{where}{len(missing)} utterance(s) have no {name} for task {task!r} ({listed}): give each "
             f"its `{name}`, or use a manifest built for this task"
             + (" (a corpus's <src>-<tgt>-train.jsonl / -test.jsonl)" if name == "translation" else "")
         )

