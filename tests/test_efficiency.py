@@ -17,9 +17,7 @@ from speechllm_redundancy.layers import decoder_layers
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+pytestmark = pytest.mark.usefixtures("artifacts")  # a fresh artifacts folder per test (conftest.py)
 
 
 def test_peak_memory_sees_a_transient_cpu_allocation():

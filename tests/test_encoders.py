@@ -15,9 +15,7 @@ from speechllm_redundancy.errors import UserError
 torch.set_num_threads(2)
 
 
-@pytest.fixture(autouse=True)
-def _artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+pytestmark = pytest.mark.usefixtures("artifacts")  # a fresh artifacts folder per test (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,7 @@ from speechllm_redundancy.verdicts import lora_claim, tolerance_not_raised
 torch.set_num_threads(2)
 
 
-@pytest.fixture(autouse=True)
-def _artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+pytestmark = pytest.mark.usefixtures("artifacts")  # a fresh artifacts folder per test (conftest.py)
 
 
 def test_settings_come_from_a_notebooks_parameters_and_keep_defaults_for_the_rest():

@@ -35,9 +35,7 @@ from test_training import make, toy_data
 torch.set_num_threads(2)
 
 
-@pytest.fixture(autouse=True)
-def _artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+pytestmark = pytest.mark.usefixtures("artifacts")  # a fresh artifacts folder per test (conftest.py)
 
 
 

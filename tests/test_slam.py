@@ -12,9 +12,7 @@ torch.set_num_threads(2)
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+pytestmark = pytest.mark.usefixtures("artifacts")  # a fresh artifacts folder per test (conftest.py)
 
 
 def make(chat=True, lora=None, llm_name="tiny", seed=0, **config):

@@ -17,9 +17,7 @@ D = 16
 WORDS = ["cat", "dog", "bird", "fish"]
 
 
-@pytest.fixture(autouse=True)
-def _artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts"))
+pytestmark = pytest.mark.usefixtures("artifacts")  # a fresh artifacts folder per test (conftest.py)
 
 
 def toy_data(n=24, seed=0):

@@ -29,13 +29,6 @@ TINY = ["tiny-llama", "tiny-qwen2", "tiny-whisper", "tiny-wavlm", "tiny-hubert"]
 TESTS_DIR = Path(__file__).resolve().parent
 
 
-@pytest.fixture
-def artifacts(tmp_path, monkeypatch):
-    root = tmp_path / "artifacts"
-    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(root))
-    return root
-
-
 # -- tiny random-init models --------------------------------------------------------------------------
 
 

@@ -726,7 +726,7 @@ def train_from_configs(slam_config, train_config: TrainConfig, train_manifest: s
 
     from speechllm_redundancy.data.manifest import read_manifest, targets
     from speechllm_redundancy.features import cached_features, fingerprint
-    from speechllm_redundancy.slam import SlamModel, is_saved_slam
+    from speechllm_redundancy.slam import SlamModel
 
     utts = read_manifest(train_manifest)[:train_limit]
     targets(utts, task, train_manifest)  # a row without its target fails now, not after the encoding
@@ -739,10 +739,7 @@ def train_from_configs(slam_config, train_config: TrainConfig, train_manifest: s
         model = SlamModel(slam_config)
     if init_from is not None:
         init_from = Path(init_from)
-        if not is_saved_slam(init_from):
-            raise UserError(f"init_from={init_from}: not a saved SLAM model (one SlamModel.save_pretrained "
-                            "wrote).")
-        model.load_weights(init_from, adapters=False)
+        model.load_weights(init_from, adapters=False)  # refuses a folder save_pretrained did not write, named
         # keyed by the saved weights, not the path: two models saved under the same names are two inits
         data = TrainData(data.examples, key_of(data.fingerprint, "init", fingerprint(str(init_from))))
     evaluate = evaluate_ctc = None
