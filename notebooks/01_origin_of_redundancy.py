@@ -82,7 +82,8 @@ glue_finding("ch1", maps.inputs())
 # decoders of the profile (a second family). Under the `cpu` recipe the projector is a CTC warm start whose
 # labels the decoder reads as token embeddings, after 8 trained soft-prompt vectors (book/method.md): the
 # speech arrives as the words the CTC heard, so a SLAM map is partly a text map by construction — which is
-# what claim 1 asks about, and why the verdict names the recipe.
+# what claim 1 asks about, and why the verdict names the recipe. How much of it is the trained front end and
+# how much the decoder itself is measured below, with the same decoder read through an untrained front end.
 
 # %%
 maps.heatmaps();
@@ -109,6 +110,16 @@ glue_finding("ch1", maps.comparison())
 # Averaged over the decoders, the speech maps differ from the gold-transcript control by a mean
 # $|\Delta D|$ of {glue:text}`ch1_mean_abs_delta:.3f`, and their optimal paths pick the same block for
 # {glue:text}`ch1_path_agreement:.0%` of the block sizes.
+#
+# How much of that agreement did training put there? The same frozen decoder, layout and utterances, read
+# through each SLAM model's front end **untrained** — its projector (and, under the `cpu` recipe, its CTC head
+# and soft prompt) at the initialisation its training started from, seeded — against the same control:
+
+# %%
+glue_finding("ch1", maps.front_ends())
+
+# %% [markdown]
+# {glue:text}`ch1_front_end_reading`.
 #
 # ## Where the low-distance blocks lie
 #
@@ -162,7 +173,8 @@ settings_table(study.settings.as_dict() | maps.parameters | tolerance.parameters
 # their gold-transcript controls agree on the optimal block for at least 80 % of block sizes and differ by
 # a mean $|\Delta D|$ below 0.05; it is not testable when a SLAM model does no better than chance on some
 # evaluation set (its "speech" map would then be of inputs it does not understand), and under the `cpu`
-# recipe it is partly true by construction (the decoder reads the CTC's words as token embeddings). Claim 3
+# recipe it is partly true by construction (the decoder reads the CTC's words as token embeddings; the verdict
+# quotes the untrained front end's numbers beside the trained one's, which say how much). Claim 3
 # holds when both shares above are at least two thirds. Claim 2 holds when, for every decoder of
 # `lora_llms`, LoRA lowers the mean distance of the blocks on the optimal path and its removable fraction
 # (after `healing`) is not larger than the frozen decoder's (`verdicts.claim_2`). The second half is not

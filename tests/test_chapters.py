@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from slam_tiny import save_tiny_llm, save_tiny_whisper, write_manifest_dir
-from speechllm_redundancy import angles, report
+from speechllm_redundancy import angles, report, verdicts
 from speechllm_redundancy.chapters import efficiency, healing_dynamics, origin, scales, translation
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.experiments import Settings, Study
@@ -87,6 +87,19 @@ def test_chapter_1_maps_their_comparison_and_the_lora_tolerance(study):
     assert comparison.numbers == {
         "mean_abs_delta": pytest.approx(angles.mean_abs_difference(maps.gold[llm], maps.speech[llm])),
         "path_agreement": pytest.approx(angles.path_agreement(maps.gold[llm], maps.speech[llm]))}
+    # the control of the by-construction agreement: the same decoder through its untrained front end
+    front_ends = maps.front_ends()
+    assert readable(front_ends.table)
+    assert front_ends.table.data.index.tolist() == [(llm, origin.TRAINED), (llm, origin.UNTRAINED)]
+    assert not np.allclose(maps.untrained[llm].distances, maps.speech[llm].distances, equal_nan=True)
+    untrained = (angles.mean_abs_difference(maps.gold[llm], maps.untrained[llm]),
+                 angles.path_agreement(maps.gold[llm], maps.untrained[llm]))
+    assert maps.untrained_agreement() == pytest.approx(untrained)
+    assert front_ends.numbers == {
+        "untrained_mean_abs_delta": pytest.approx(untrained[0]),
+        "untrained_path_agreement": pytest.approx(untrained[1]),
+        "front_end_reading": origin.front_end_reading(maps.control_agreement(), untrained)}
+    assert f"{untrained[0]:.3f}" in front_ends.numbers["front_end_reading"]
     depth = maps.depth()
     profiles = [origin.depth_profile(m) for m in (maps.text[llm], maps.speech[llm])]
     assert depth.numbers["deep_share"] == pytest.approx(np.mean([p[origin.DEEP] for p in profiles]))
@@ -95,6 +108,8 @@ def test_chapter_1_maps_their_comparison_and_the_lora_tolerance(study):
     verdict = maps.claim_1()
     assert verdict.claim == 1 and verdict.recipe == "paper"
     assert f"{comparison.numbers['mean_abs_delta']:.3f}" in verdict.finding
+    assert f"through an untrained front end: mean |ΔD| = {untrained[0]:.3f}" in verdict.finding
+    assert verdict.holds == verdicts.claim_1(*maps.control_agreement(), maps.at_chance, variant="v").holds
     assert f"{depth.numbers['last_share']:.0%}" in maps.claim_3().finding
 
     walked = origin.tolerance(study, [llm], [0.34], "none", lora=LORA)
@@ -106,6 +121,17 @@ def test_chapter_1_maps_their_comparison_and_the_lora_tolerance(study):
     skipped = origin.tolerance(study, [llm], [], "both", lora=LORA)
     assert skipped.table() is None
     assert "pruning tolerance not tested" in origin.claim_2(maps, skipped).finding
+
+
+def test_the_front_end_reading_says_which_front_end_the_agreement_comes_with():
+    both = origin.front_end_reading((0.001, 1.0), (0.002, 0.9))
+    assert both.startswith("An untrained front end already meets claim 1's bar (mean |ΔD| 0.002 against "
+                           "0.001 trained, the same optimal block for 90% of block sizes against 100%)")
+    assert "the frozen decoder's own" in both
+    assert "comes with the trained front end" in origin.front_end_reading((0.001, 1.0), (0.2, 0.5))
+    assert "comes with the trained" in origin.front_end_reading((0.001, 1.0), (0.01, 0.5))  # both bars
+    assert origin.front_end_reading((0.1, 0.5), (0.2, 0.9)).endswith("no closer to the text control")
+    assert origin.front_end_reading((0.1, 0.5), (0.06, 0.9)).endswith("is closer to the text control")
 
 
 def test_chapter_2_walks_every_strategy_and_compares_the_paths(study):

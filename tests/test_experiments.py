@@ -83,6 +83,60 @@ def test_a_study_trains_walks_and_shares_its_points_between_chapters(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "artifacts").rglob("point-*.json")} == mtimes
 
 
+def test_the_untrained_control_reads_the_same_decoder_through_the_front_end_at_its_initialisation(tmp_path):
+    """Chapter 1's control of the cpu recipe's by-construction agreement: the same frozen decoder and layout,
+    the speech read through the projector, CTC head and soft prompt as they were before training. Its map
+    is not the trained model's, it is the same on every call and for every training of one config, and it
+    equals a speech map only of a model that was not trained."""
+    from types import SimpleNamespace
+
+    from speechllm_redundancy.experiments import SlamRun
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    llm = save_tiny_llm(tmp_path / "llm")
+    manifest = write_manifest_dir(tmp_path / "corpus", texts=["a b", "c d e", "f g", "h", "i j"])
+    manifests = {"train": manifest, "test-clean": manifest}
+    settings = Settings(encoder=whisper, recipe="cpu", ctc_steps=3, train_steps=3, train_limit=None,
+                        path_samples=3, whisper_window="full")
+    study = Study(settings, manifests)
+    run = study.slam(llm)
+    assert run.model.ctc is not None and run.model.soft_prompt is not None
+    weights = {k: v.clone() for k, v in run.model.state_dict().items()}
+    trained = study.speech_angles(run, "test-clean", 3)
+    untrained = study.untrained_speech_angles(run, "test-clean", 3)
+    assert untrained.num_layers == trained.num_layers == 3
+    assert not np.allclose(untrained.distances, trained.distances, equal_nan=True)
+    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in weights.items())  # the run untouched
+
+    # the front end at initialisation: the trained model's config and CTC vocabulary, fresh weights
+    control = study.untrained(run)
+    assert control.llm is run.model.llm and control.config == run.model.config
+    assert torch.equal(control.ctc.vocab, run.model.ctc.vocab) and not control.ctc.blank.any()
+    assert not torch.equal(control.projector.net[0].weight, run.model.projector.net[0].weight)
+    assert not torch.equal(control.soft_prompt, run.model.soft_prompt)
+    twin = study.untrained(run)
+    assert all(torch.equal(v, twin.state_dict()[k]) for k, v in control.state_dict().items())  # seeded
+    lora_run = study.slam(llm, lora={"r": 2})  # at initialisation LoRA is no LoRA: no adapters
+    lora_control = study.untrained(lora_run)
+    assert lora_control.config.lora is None and not hasattr(lora_control.llm, "peft_config")
+    assert hasattr(lora_run.model.llm, "peft_config")  # the run keeps its adapters
+
+    # deterministic and independent of the training: a longer-trained model of the same config, measured
+    # afresh (another cache entry), gives the same control map; a cache hit gives it again
+    longer = study.slam(llm, steps=5)
+    assert longer.key != run.key
+    other = study.untrained_speech_angles(longer, "test-clean", 3)
+    np.testing.assert_allclose(other.distances, untrained.distances, atol=1e-6)
+    np.testing.assert_array_equal(study.untrained_speech_angles(run, "test-clean", 3).distances,
+                                  untrained.distances)
+    assert len(list((tmp_path / "artifacts" / "angles").glob("speech-asr-*.json"))) == 3
+
+    # a model that was not trained reads its speech exactly as the control does
+    as_built = SlamRun(run.llm, run.task, control, SimpleNamespace(key="not trained"), run.train_split)
+    np.testing.assert_allclose(study.speech_angles(as_built, "test-clean", 3).distances, untrained.distances,
+                               atol=1e-6)
+
+
 def test_tolerance_comparisons_that_cannot_tell_the_decoders_apart_are_not_informative():
     assert tolerance_not_raised(0.0, 0.0, 0.4) is None  # neither removes anything
     assert tolerance_not_raised(0.4, 0.4, 0.4) is None  # both reach the highest level walked

@@ -35,6 +35,21 @@ def test_claim_1_needs_agreement_and_a_small_difference_and_models_above_chance(
     assert untestable.summary == "no better than chance before pruning: tiny-qwen2 on test-clean, dev-ood"
 
 
+def test_claim_1_quotes_the_untrained_front_end_without_deciding_on_it():
+    plain = claim_1(0.01, 0.8, [], variant="v", recipe="cpu")
+    for untrained in ((0.002, 1.0), (0.3, 0.1)):  # the control's numbers never change the decision
+        quoted = claim_1(0.01, 0.8, [], variant="v", recipe="cpu", untrained=untrained)
+        assert quoted.holds is plain.holds is True
+    assert quoted.finding == (plain.finding
+                              + " (through an untrained front end: mean |ΔD| = 0.300, paths agree on 10%)")
+    assert quoted.summary == plain.summary + "; untrained front end: |ΔD| 0.300, same block 10%"
+    untestable = claim_1(0.025, 2 / 3, [AT_CHANCE], variant="v", untrained=(0.002, 1.0))
+    assert untestable.holds is None
+    assert untestable.finding.endswith("(through an untrained front end: mean |ΔD| = 0.002, paths agree "
+                                       "on 100%)")
+    assert untestable.summary == "no better than chance before pruning: tiny-qwen2 on test-clean, dev-ood"
+
+
 def test_claim_2_a_failing_first_half_decides_and_an_uninformative_second_leaves_it_open():
     lowered, raised = {"a": (0.3, 0.2)}, {"a": (0.194, 0.225)}
     walked = {"a": {"frozen": 0.2, "LoRA": 0.2, "highest": 0.4}}

@@ -190,6 +190,43 @@ class Study:
         return sweep.speech_angles(run.model, self.split(split), run.key, limit=samples, task=run.task,
                                    gold_text=True)
 
+    def untrained(self, run: SlamRun):
+        """``run``'s SLAM model before any training: built from the same ``SlamConfig`` under the study's
+        seed, so its projector, soft prompt (if any) and CTC head (if any: over the same token subset, blank
+        and scale as a warm start creates them) are the initial weights its training started from — seeded,
+        the same every time. The decoder is the run's own frozen one (shared, not copied; a LoRA run's decoder
+        is loaded again without adapters, LoRA at initialisation being the identity)."""
+        from dataclasses import replace
+
+        import torch
+
+        from speechllm_redundancy.slam import CtcHead, SlamModel
+
+        trained = run.model
+        config = replace(trained.config, lora=None)
+        llm, tokenizer = (None, None) if run.lora else (trained.llm, trained.tokenizer)
+        with torch.random.fork_rng(devices=[]):  # the same draws as training's SlamModel (training.py)
+            torch.manual_seed(self.settings.seed)
+            model = SlamModel(config, llm, tokenizer)
+        if trained.ctc is not None:
+            width = model.llm.get_input_embeddings().weight.shape[1]
+            model.ctc = CtcHead(width, trained.ctc.vocab.tolist()).requires_grad_(False)
+        model.projector.eval()  # no dropout in the control (the shared decoder's mode is left as it is)
+        return model.to(trained.device)
+
+    def untrained_speech_angles(self, run: SlamRun, split: str | None = None,
+                                samples: int | None = None) -> AngleMatrix:
+        """``speech_angles`` of ``run``'s model through its untrained front end (``untrained``): the same
+        frozen decoder, layout and utterances, the speech reaching the decoder through the projector (and CTC
+        head, soft prompt) at their initialisation. The control that tells how much of a speech map's
+        agreement with text is the trained front end and how much the decoder's own. Cached beside the
+        trained model's maps."""
+        split = split or self.path_split(run.task)
+        samples = self.settings.path_samples if samples is None else samples
+        return sweep.speech_angles(self.untrained(run), self.split(split),
+                                   key_of(run.key, "untrained front end", self.settings.seed), limit=samples,
+                                   task=run.task)
+
     def speech_path(self, run: SlamRun) -> dict[int, int]:
         """The speech-derived optimal path {n: l*(n)} of a model."""
         return self.speech_angles(run).optimal_path()

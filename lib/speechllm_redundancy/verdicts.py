@@ -135,19 +135,26 @@ def _at_chance(models: Sequence[AtChance]) -> str:
 
 
 def claim_1(mean_difference: float, agreement: float, at_chance: Sequence[AtChance], *, variant: str,
-            recipe: str | None = None) -> ClaimVerdict:
+            recipe: str | None = None, untrained: tuple[float, float] | None = None) -> ClaimVerdict:
     """Claim 1, speech maps ≈ text maps: the speech maps and their gold-transcript controls pick the same
     block for at least ``CLAIM_1_AGREEMENT`` of the block sizes and differ by a mean |ΔD| below
     ``CLAIM_1_DIFFERENCE``; not testable when a SLAM model is at chance (its map would be of inputs it
-    does not understand)."""
+    does not understand). ``untrained``: (mean |ΔD|, path agreement) of the same decoders read through an
+    untrained front end against the same controls — quoted beside the speech maps' numbers, so a reader
+    sees how much of the agreement the decoder gives any input; it does not enter the decision."""
     finding = (f"speech vs gold-transcript control (same layout and position): mean |ΔD| = "
                f"{mean_difference:.3f}, optimal paths agree on {agreement:.0%} of block sizes")
+    if untrained is not None:
+        finding += (f" (through an untrained front end: mean |ΔD| = {untrained[0]:.3f}, paths agree on "
+                    f"{untrained[1]:.0%})")
     if at_chance:
         return ClaimVerdict(1, None, f"{_described(at_chance)}; for the record, {finding}",
                             _at_chance(at_chance), variant, recipe)
     holds = agreement >= CLAIM_1_AGREEMENT and mean_difference < CLAIM_1_DIFFERENCE
     summary = (f"mean |ΔD| {mean_difference:.3f} (holds below {CLAIM_1_DIFFERENCE}); same optimal block for "
                f"{agreement:.0%} of block sizes (holds from {CLAIM_1_AGREEMENT:.0%})")
+    if untrained is not None:
+        summary += f"; untrained front end: |ΔD| {untrained[0]:.3f}, same block {untrained[1]:.0%}"
     return ClaimVerdict(1, holds, finding, summary, variant, recipe)
 
 

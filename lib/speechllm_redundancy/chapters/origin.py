@@ -3,7 +3,7 @@ heard as speech, where their closest blocks lie, and what LoRA on the decoder ch
 
     maps = origin.measure(study, text_llms=["smollm2-135m"], speech_llms=["smollm2-135m"],
                           lora_llms=["smollm2-135m"], samples=200, lora={"r": 8, "alpha": 16})
-    maps.heatmaps(); maps.comparison().table; maps.claim_1()
+    maps.heatmaps(); maps.comparison().table; maps.front_ends().numbers; maps.claim_1()
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from speechllm_redundancy.sweep import baseline_scores
 
 SPLIT = "test-clean"  # whose transcripts (text) and audio (speech) give the maps
 CONTROL = "gold transcript in the SLAM layout"  # claim 1's clean control of a speech map
+TRAINED, UNTRAINED = "trained", "untrained (at initialisation)"  # the front end a speech map was read through
 DEEP = "optimal block in the deeper half"
 LAST = "block with the last layer is the farthest"
 TEXT, FROZEN, LORA = ("pruned-block distance, text", "pruned-block distance, frozen",
@@ -38,8 +39,10 @@ def _lora_run(study: Study, llm: str, lora: dict | None, lora_steps: int | None)
 class Maps:
     """Chapter 1's distance maps, all on the first ``samples`` utterances of ``SPLIT``: each text LLM fed the
     transcripts (``text``), each frozen-decoder SLAM model fed their audio (``speech``) and, as its clean
-    control, their transcripts' token embeddings in the speech slot (``gold``), and each LoRA-decoder SLAM
-    model fed the audio (``lora_speech``). ``at_chance``: the frozen SLAM models no better than chance."""
+    control, their transcripts' token embeddings in the speech slot (``gold``), the same decoder fed the
+    audio through its front end at initialisation (``untrained``: how much of the speech map's agreement
+    with the control is the decoder's own), and each LoRA-decoder SLAM model fed the audio
+    (``lora_speech``). ``at_chance``: the frozen SLAM models no better than chance."""
 
     study: Study
     sentences: list[str]
@@ -52,6 +55,7 @@ class Maps:
     text: dict[str, AngleMatrix]
     speech: dict[str, AngleMatrix]
     gold: dict[str, AngleMatrix]
+    untrained: dict[str, AngleMatrix]
     lora_speech: dict[str, AngleMatrix]
     at_chance: list[verdicts.AtChance]
 
@@ -122,6 +126,34 @@ class Maps:
         return Finding(table, {"mean_abs_delta": mean_delta, "path_agreement": agreement})
 
     @cached_property
+    def _front_ends(self) -> pd.DataFrame:
+        rows = [{"decoder": name, "front end": end, **angles.compare(self.gold[name], m)}
+                for name in self.speech
+                for end, m in ((TRAINED, self.speech[name]), (UNTRAINED, self.untrained[name]))]
+        return pd.DataFrame(rows).set_index(["decoder", "front end"])
+
+    def untrained_agreement(self) -> tuple[float, float]:
+        """``control_agreement``'s numbers for the speech read through the untrained front ends: mean |ΔD|
+        from the same gold-transcript controls and the share of block sizes whose optimal block both pick."""
+        control = self._front_ends.xs(UNTRAINED, level="front end")
+        return float(control["mean_abs_difference"].mean()), float(control["path_agreement"].mean())
+
+    def front_ends(self) -> Finding:
+        """Each decoder's speech map against its gold-transcript control, read through the trained front end
+        and through the same front end untrained (projector, and CTC head and soft prompt where the model has
+        them, at their initialisation); the numbers its prose quotes and a sentence saying which of the two
+        the agreement comes with (``front_end_reading``)."""
+        trained, untrained = self.control_agreement(), self.untrained_agreement()
+        names = {"mean_abs_difference": "mean |ΔD| from the control",
+                 "path_agreement": "same ℓ*(n) as the control, share of n",
+                 "mean_removed_overlap": "removed layers in common with the control (Jaccard)"}
+        table = self._front_ends.rename(columns=names).style.format(
+            dict(zip(names.values(), ["{:.3f}", "{:.0%}", "{:.0%}"])))
+        return Finding(table, {"untrained_mean_abs_delta": untrained[0],
+                               "untrained_path_agreement": untrained[1],
+                               "front_end_reading": front_end_reading(trained, untrained)})
+
+    @cached_property
     def _depth(self) -> pd.DataFrame:
         maps = {**{f"{n} (text)": m for n, m in self.text.items()},
                 **{f"{n} (speech)": m for n, m in self.speech.items()}}
@@ -161,13 +193,35 @@ class Maps:
         mean_delta, agreement = self.control_agreement()
         return verdicts.claim_1(mean_delta, agreement, self.at_chance, recipe=self.study.settings.recipe,
                                 variant=f"frozen-decoder SLAM maps of {', '.join(self.speech_llms)} vs their "
-                                        "gold-transcript controls")
+                                        "gold-transcript controls", untrained=self.untrained_agreement())
 
     def claim_3(self) -> verdicts.ClaimVerdict:
         deep, last = self.depth_shares()
         return verdicts.claim_3(deep, last, recipe=self.study.settings.recipe,
                                 variant=f"text maps of {', '.join(self.text_llms)} and frozen-decoder SLAM "
                                         f"maps of {', '.join(self.speech_llms)}")
+
+
+def _meets_claim_1(numbers: tuple[float, float]) -> bool:
+    mean_delta, agreement = numbers
+    return agreement >= verdicts.CLAIM_1_AGREEMENT and mean_delta < verdicts.CLAIM_1_DIFFERENCE
+
+
+def front_end_reading(trained: tuple[float, float], untrained: tuple[float, float]) -> str:
+    """Which front end the speech maps' agreement with their gold-transcript controls comes with, in words,
+    from (mean |ΔD|, path agreement) through the trained and the untrained front ends, judged by claim 1's
+    own bar (``verdicts.CLAIM_1_*``, the decision itself unchanged)."""
+    quoted = (f"mean |ΔD| {untrained[0]:.3f} against {trained[0]:.3f} trained, the same optimal block for "
+              f"{untrained[1]:.0%} of block sizes against {trained[1]:.0%}")
+    if _meets_claim_1(untrained):
+        return (f"An untrained front end already meets claim 1's bar ({quoted}): the agreement with text "
+                "is the frozen decoder's own (it reads even the untrained front end's output in this layout "
+                "like text), not something the speech training added")
+    if _meets_claim_1(trained):
+        return (f"An untrained front end does not meet claim 1's bar ({quoted}): the agreement with text "
+                "comes with the trained front end")
+    return (f"Neither front end meets claim 1's bar ({quoted}): the untrained front end is "
+            f"{'closer to' if untrained[0] < trained[0] else 'no closer to'} the text control")
 
 
 def depth_profile(m: AngleMatrix) -> dict[str, float]:
@@ -182,23 +236,25 @@ def depth_profile(m: AngleMatrix) -> dict[str, float]:
 def measure(study: Study, text_llms: list[str], speech_llms: list[str], lora_llms: list[str], samples: int, *,
             lora: dict | None = None, lora_steps: int | None = None) -> Maps:
     """Every map of chapter 1 on the first ``samples`` utterances of ``SPLIT`` (each cached): the text LLMs
-    on the transcripts; each frozen-decoder SLAM model of ``speech_llms`` on the audio and on its
-    gold-transcript control, with whether it does better than chance; each SLAM model of ``lora_llms``
-    with LoRA (``lora``, trained ``lora_steps`` steps; None: the profile's) on the audio."""
+    on the transcripts; each frozen-decoder SLAM model of ``speech_llms`` on the audio, on its
+    gold-transcript control and on the audio through its untrained front end, with whether it does better
+    than chance; each SLAM model of ``lora_llms`` with LoRA (``lora``, trained ``lora_steps`` steps; None:
+    the profile's) on the audio."""
     sentences = study.references(SPLIT, "asr", samples)
     text = {name: study.text_angles(name, sentences) for name in text_llms}
-    speech, gold, at_chance = {}, {}, []
-    for name in speech_llms:  # each frozen SLAM model loaded once: its map, its control, its baseline
+    speech, gold, untrained, at_chance = {}, {}, {}, []
+    for name in speech_llms:  # each frozen SLAM model loaded once: its maps, its controls, its baseline
         run = study.slam(name)
         speech[name] = study.speech_angles(run, SPLIT, samples)
         gold[name] = study.gold_text_angles(run, SPLIT, samples)
+        untrained[name] = study.untrained_speech_angles(run, SPLIT, samples)
         if bad := study.unusable(study.baseline(run)):
             at_chance.append(verdicts.AtChance(name, bad))
         del run
     lora_speech = {name: study.speech_angles(_lora_run(study, name, lora, lora_steps), SPLIT, samples)
                    for name in lora_llms}
     return Maps(study, sentences, samples, list(text_llms), list(speech_llms), list(lora_llms), lora,
-                lora_steps, text, speech, gold, lora_speech, at_chance)
+                lora_steps, text, speech, gold, untrained, lora_speech, at_chance)
 
 
 @dataclass
