@@ -8,8 +8,8 @@ from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.paths import artifacts_dir
 from speechllm_redundancy.data.manifest import Utterance, write_manifest
 from speechllm_redundancy.evaluation import chance_score
-from speechllm_redundancy.sweep import (chance_scores, manifest_evaluator, path_sizes, removable, text_angles,
-                                        walk_path)
+from speechllm_redundancy.sweep import (chance_scores, healing_dir, manifest_evaluator, path_sizes, removable,
+                                        text_angles, walk_path)
 from speechllm_redundancy.training import TrainConfig
 from test_training import make, toy_data
 
@@ -132,3 +132,17 @@ def test_text_angles_are_cached():
     assert text_angles("tiny-qwen2", ["one two three", "four five"], progress=False).count == 7  # read back
     with pytest.raises(UserError, match="no sentences"):
         text_angles("tiny-qwen2", [])
+
+
+def test_walks_that_evaluate_differently_share_their_healing_runs(tmp_path):
+    """The healing run of a point is keyed by the model (``model_key``), not by what the walk evaluates: a
+    second walk with another decoding budget (another ``key``) scores anew but trains nothing."""
+    cfg = TrainConfig(steps=2, batch_size=8, lr=5e-3, warmup_steps=1, checkpoint_every=100)
+    slam, data = make(init=0.3), toy_data()
+    for budget in ("64 utterances", "128 utterances"):
+        walk_path(slam, {1: 1}, [1], ["a"], LayerCountScore(), tmp_path, strategy="both", heal_data=data,
+                  heal_config=cfg, key=f"model {budget}", model_key="model", progress=False)
+    heal_runs = [p for p in tmp_path.iterdir() if p.name.startswith("heal-n1-both")]
+    points = [p for p in tmp_path.iterdir() if p.name.startswith("point-n1-both")]
+    assert len(heal_runs) == 1 and len(points) == 2
+    assert heal_runs[0] == healing_dir(tmp_path, "model", 1, 1, "both", cfg, data)

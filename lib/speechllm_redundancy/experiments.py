@@ -261,8 +261,13 @@ class Study:
                                             max_new_tokens=s.max_new_tokens)
         healing = {} if strategy == "none" else {"heal_data": run.data, "heal_config": self.heal_config()}
         return sweep.walk_path(run.model, path, sizes, list(sets) if sets is not None else self.eval_sets(run.task),
-                               evaluate, artifact_path("sweeps", f"{run.task}-{run.key}"), strategy=strategy,
-                               key=key_of(run.key, s.eval_limit, s.max_new_tokens), **healing)
+                               evaluate, self.walk_dir(run), strategy=strategy,
+                               key=key_of(run.key, s.eval_limit, s.max_new_tokens), model_key=run.key, **healing)
+
+    def walk_dir(self, run: SlamRun) -> Path:
+        """The folder of ``run``'s walks: their points and healing runs (``sweep.healing_dir``, keyed by
+        ``run.key``)."""
+        return artifact_path("sweeps", f"{run.task}-{run.key}")
 
     def removable(self, walk: pd.DataFrame, run: SlamRun) -> float:
         """The paper's removable fraction of a walk (ASR: ΔWER ≤ +25 %, AST: ΔBLEU ≥ −10 % on every set)."""

@@ -100,14 +100,27 @@ def text_angles(llm: str, sentences: Sequence[str], device: str = "cpu", progres
     return cached_angles(artifact_path("angles", f"text-{key_of(llm, list(sentences))}.json"), compute)
 
 
+def healing_dir(out_dir: str | os.PathLike, model_key: str, n: int, start: int, strategy: str, heal_config,
+                heal_data) -> Path:
+    """Where a walk in ``out_dir`` heals its point (n layers from ``start``, ``strategy``): keyed by the model
+    (``model_key``), the block and the healing's settings and data only — not by what the point evaluates,
+    so walks that decode other utterances or caps reuse the healed model instead of training it again."""
+    key = key_of(model_key, n, start, strategy, heal_config and heal_config.key(),
+                 getattr(heal_data, "fingerprint", None))
+    return Path(out_dir) / f"heal-n{n}-{strategy}-{key}"
+
+
 def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Sequence[str],
               evaluate: Callable, out_dir: str | os.PathLike, strategy: str = "none", heal_data=None,
-              heal_config=None, key: str = "", progress: bool = True) -> pd.DataFrame:
+              heal_config=None, key: str = "", model_key: str | None = None,
+              progress: bool = True) -> pd.DataFrame:
     """Prune ``slam`` along ``path`` ({n: l*(n)}) for each n in ``sizes`` (0 = the unpruned baseline, always
     included), heal with ``strategy``, score every set with ``evaluate(model, set_name)``.
 
-    ``key`` names the trained model and evaluation data (e.g. a run directory's key): it is part of every
-    point's cache key. Returns a long frame: n, start, fraction, set, score, delta.
+    ``key`` names the trained model and evaluation data (e.g. a run directory's key and the decoding
+    budget): it is part of every point's cache key. ``model_key`` names the trained model alone (default
+    ``key``): the healing runs are keyed by it (``healing_dir``). Returns a long frame: n, start, fraction,
+    set, score, delta.
     """
     check_strategy(strategy)
     if strategy != "none" and (heal_data is None or heal_config is None):
@@ -132,7 +145,8 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
             model = slam
             if n:
                 model, _ = heal(slam, start, n, strategy, heal_data, heal_config,
-                                out_dir / f"heal-n{n}-{strategy}-{point_key}", progress=progress)
+                                healing_dir(out_dir, key if model_key is None else model_key, n, start,
+                                            strategy, heal_config, heal_data), progress=progress)
             return {"n": n, "start": start, "scores": {name: float(evaluate(model, name)) for name in eval_sets}}
 
         point = cached_json(out_dir / f"point-n{n}-{point_strategy}-{point_key}.json", compute)
