@@ -134,6 +134,12 @@ def _at_chance(models: Sequence[AtChance]) -> str:
     return f"no better than chance before pruning: {listed}"
 
 
+def maps_agree(mean_difference: float, agreement: float) -> bool:
+    """Claim 1's bar for a speech map and its gold-transcript control: the same optimal block for at least
+    ``CLAIM_1_AGREEMENT`` of the block sizes and a mean |ΔD| below ``CLAIM_1_DIFFERENCE``."""
+    return agreement >= CLAIM_1_AGREEMENT and mean_difference < CLAIM_1_DIFFERENCE
+
+
 def claim_1(mean_difference: float, agreement: float, at_chance: Sequence[AtChance], *, variant: str,
             recipe: str | None = None, untrained: tuple[float, float] | None = None) -> ClaimVerdict:
     """Claim 1, speech maps ≈ text maps: the speech maps and their gold-transcript controls pick the same
@@ -150,7 +156,7 @@ def claim_1(mean_difference: float, agreement: float, at_chance: Sequence[AtChan
     if at_chance:
         return ClaimVerdict(1, None, f"{_described(at_chance)}; for the record, {finding}",
                             _at_chance(at_chance), variant, recipe)
-    holds = agreement >= CLAIM_1_AGREEMENT and mean_difference < CLAIM_1_DIFFERENCE
+    holds = maps_agree(mean_difference, agreement)
     summary = (f"mean |ΔD| {mean_difference:.3f} (holds below {CLAIM_1_DIFFERENCE}); same optimal block for "
                f"{agreement:.0%} of block sizes (holds from {CLAIM_1_AGREEMENT:.0%})")
     if untrained is not None:

@@ -202,22 +202,17 @@ class Maps:
                                         f"maps of {', '.join(self.speech_llms)}")
 
 
-def _meets_claim_1(numbers: tuple[float, float]) -> bool:
-    mean_delta, agreement = numbers
-    return agreement >= verdicts.CLAIM_1_AGREEMENT and mean_delta < verdicts.CLAIM_1_DIFFERENCE
-
-
 def front_end_reading(trained: tuple[float, float], untrained: tuple[float, float]) -> str:
     """Which front end the speech maps' agreement with their gold-transcript controls comes with, in words,
     from (mean |ΔD|, path agreement) through the trained and the untrained front ends, judged by claim 1's
-    own bar (``verdicts.CLAIM_1_*``, the decision itself unchanged)."""
+    own bar (``verdicts.maps_agree``, the decision itself unchanged)."""
     quoted = (f"mean |ΔD| {untrained[0]:.3f} against {trained[0]:.3f} trained, the same optimal block for "
               f"{untrained[1]:.0%} of block sizes against {trained[1]:.0%}")
-    if _meets_claim_1(untrained):
+    if verdicts.maps_agree(*untrained):
         return (f"An untrained front end already meets claim 1's bar ({quoted}): the agreement with text "
                 "is the frozen decoder's own (it reads even the untrained front end's output in this layout "
                 "like text), not something the speech training added")
-    if _meets_claim_1(trained):
+    if verdicts.maps_agree(*trained):
         return (f"An untrained front end does not meet claim 1's bar ({quoted}): the agreement with text "
                 "comes with the trained front end")
     return (f"Neither front end meets claim 1's bar ({quoted}): the untrained front end is "
