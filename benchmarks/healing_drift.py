@@ -67,21 +67,10 @@ class Subject(NamedTuple):  # not a dataclass: the tests load this script withou
 # -- what the decoder reads -----------------------------------------------------------------------------
 @torch.inference_mode()
 def label_sequences(model, features: Sequence[torch.Tensor]) -> list[list[int]]:
-    """The token ids of the CTC segments the decoder reads per utterance, as ``CtcHead.compress`` forms them:
-    runs of one non-blank frame label (a blank between two runs of one label makes two segments); an
-    utterance labelled all blank keeps its likeliest token frame. A frozen decoder reads these tokens'
-    embeddings; a LoRA one reads p·E averaged over the same segments."""
-    ctc, table = model.ctc, model.llm.get_input_embeddings().weight
-    out = []
-    for frames in model.projector(features):
-        logits = ctc.logits(frames, table)
-        lab = logits.argmax(-1).tolist()
-        seq = [b for i, b in enumerate(lab) if b != ctc.blank_id and (i == 0 or b != lab[i - 1])]
-        if not seq:
-            tokens = logits[:, :-1]
-            seq = [int(tokens[int(tokens.max(-1).values.argmax())].argmax())]
-        out.append([int(ctc.vocab[b]) for b in seq])
-    return out
+    """The token ids of the CTC segments the decoder reads per utterance (``CtcHead.segment_tokens``, the
+    segments ``compress`` forms). A frozen decoder reads these tokens' embeddings; a LoRA one reads p·E
+    averaged over the same segments."""
+    return model.ctc.segment_tokens(model.projector(features), model.llm.get_input_embeddings().weight)
 
 
 def ctc_transcripts(model, features: Sequence[torch.Tensor]) -> list[str]:

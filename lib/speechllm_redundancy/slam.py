@@ -211,6 +211,29 @@ class CtcHead(nn.Module):
     def labels(self, frames: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         return self.logits(frames, embedding).argmax(-1)
 
+    def _segments(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frame labels, kept frame indices, whether each kept frame starts a segment) of one utterance's
+        logits: blank frames dropped, a new segment where the label changes or a dropped frame intervenes;
+        an utterance labelled all blank keeps the frame most likely to be a token."""
+        lab = logits.detach().argmax(-1)
+        keep = lab != self.blank_id
+        if not keep.any():
+            keep[logits.detach()[:, :-1].max(-1).values.argmax()] = True
+            lab = lab.clone()
+            lab[keep] = logits.detach()[keep, :-1].argmax(-1)
+        idx = keep.nonzero()[:, 0]
+        new = torch.ones_like(idx, dtype=torch.bool)
+        new[1:] = (lab[idx[1:]] != lab[idx[:-1]]) | (idx[1:] != idx[:-1] + 1)
+        return lab, idx, new
+
+    def segment_tokens(self, speech: list[torch.Tensor], embedding: torch.Tensor) -> list[list[int]]:
+        """The token id of each segment ``compress`` forms, per utterance: what a frozen decoder reads."""
+        out = []
+        for frames in speech:
+            lab, idx, new = self._segments(self.logits(frames, embedding))
+            out.append(self.vocab[lab[idx][new]].tolist())
+        return out
+
     def compress(self, speech: list[torch.Tensor], embedding: torch.Tensor, embed: str = "mean",
                  temperature: float = 1.0) -> list[torch.Tensor]:
         """One vector per segment of frames sharing a non-blank label (see ``SlamConfig.ctc_embed``)."""
@@ -222,16 +245,7 @@ class CtcHead(nn.Module):
         out = []
         for frames in speech:
             logits = self.logits(frames, embedding)
-            lab = logits.detach().argmax(-1)
-            keep = lab != self.blank_id
-            if not keep.any():  # all blank: keep the frame most likely to be a token
-                keep[logits.detach()[:, :-1].max(-1).values.argmax()] = True
-                lab = lab.clone()
-                lab[keep] = logits.detach()[keep, :-1].argmax(-1)
-            idx = keep.nonzero()[:, 0]
-            # a new segment starts where the label changes or a dropped frame intervenes
-            new = torch.ones_like(idx, dtype=torch.bool)
-            new[1:] = (lab[idx[1:]] != lab[idx[:-1]]) | (idx[1:] != idx[:-1] + 1)
+            lab, idx, new = self._segments(logits)
             seg = new.cumsum(0) - 1
             n = int(seg[-1]) + 1
             values = torch.softmax(logits[idx, :-1].float() / temperature, -1) if embed != "mean" else frames[idx]
