@@ -5,10 +5,12 @@ Builds use a small made-up sentence pool (no download) and a tiny config, so eac
 
 import json
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 
+from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.data import corpus as corpus_mod
 from speechllm_redundancy.data import synth
 from speechllm_redundancy.data.corpus import (
@@ -331,6 +333,84 @@ def test_paper_profile_shorthand_reads_real_corpora(tmp_path):
     assert cfg.splits["test-other"]["reader"] == "manifest"  # explicit splits win
     with pytest.raises(UserError, match="common_voice_fr"):
         corpus_config({"covost2": "/data/covost", "common_voice_en": "/cv/en/clips"})
+
+
+# ------------------------------------------------------------------------------ train_other_share
+def _digest(cfg, pools, out):
+    """Key, folder name, and digests of the plan and of the jobs (paths relative to ``out``) of a config."""
+    plan = plan_texts(cfg, pools)
+    jobs = corpus_mod.make_jobs(cfg, plan, out, piper=False)
+    return (
+        corpus_mod.corpus_key(cfg, False, pools),
+        corpus_name(cfg),
+        key_of({s: [asdict(it) for it in items] for s, items in plan.items()}),
+        key_of({s: corpus_mod._specs(out, js) for s, js in jobs.items()}),
+    )
+
+
+def test_train_other_share_at_its_default_changes_no_corpus(tmp_path):
+    """Guards cache compatibility: these literals were recorded from the code BEFORE train_other_share
+    existed (commit 259844b). If one changes, every cached corpus is rebuilt (or silently differs): don't
+    update them unless you also bump CORPUS_VERSION on purpose."""
+    before = ("dde98307f4447f5c", "smoke-61216513", "8c7427d38b689655", "cf19057fa34311b9")
+    pools = make_pools()
+    assert corpus_config(TINY).train_other_share == 0.0
+    for share in (None, 0.0, 0):
+        raw = TINY if share is None else {**TINY, "train_other_share": share}
+        assert _digest(corpus_config(raw), pools, tmp_path) == before
+    assert corpus_mod.corpus_key(corpus_config(TINY), False) == "e81456fa3d26306f"  # packaged pools
+    assert corpus_name(corpus_config("smoke")) == "smoke"
+    # a share > 0 is a different corpus, in its own folder
+    other = _digest(corpus_config({**TINY, "train_other_share": 0.5}), pools, tmp_path)
+    assert other[0] != before[0] and other[1] != before[1] and other[1].startswith("smoke-")
+    assert other[2] == before[2]  # same sentences
+
+
+def test_train_other_share_degrades_train_only(tmp_path):
+    pools = make_pools()
+    cfg = corpus_config(TINY)
+    plan = plan_texts(cfg, pools)
+    clean = corpus_mod.make_jobs(cfg, plan, tmp_path, piper=False)
+    degrade_all = corpus_config({**TINY, "train_other_share": 1.0})
+    full = corpus_mod.make_jobs(degrade_all, plan, tmp_path, piper=False)
+    assert len(full["train"]) == 10
+    for job, was in zip(full["train"], clean["train"]):
+        assert 5 <= job.params["snr_db"] <= 15 and job.params["noise"] in ("white", "pink", "brown")
+        # same voice and clean prosody as without the setting: the degradation is only added
+        assert job.voice == was.voice and {k: job.params[k] for k in was.params} == was.params
+        assert "snr_db" not in was.params
+    for split in ("test-clean", "dev", "dev-ood", "en-de-train", "fr-en-train", "test-other"):
+        assert full[split] == clean[split], split
+    for split in ("test-clean", "dev", "dev-ood", "en-de-train", "fr-en-train", "en-de-test", "fr-en-test"):
+        assert not any("snr_db" in j.params for j in full[split]), split
+
+
+def test_train_other_share_is_a_share_and_deterministic(tmp_path):
+    text = "The cat sees the dog."
+    plan = {"train": [corpus_mod.Item(f"train-wn-x{i}", f"wn:x{i}", text) for i in range(200)]}
+    cfg = corpus_config({**TINY, "train_other_share": 0.5})
+    runs = [corpus_mod.make_jobs(cfg, plan, tmp_path, piper=False)["train"] for _ in range(2)]
+    assert runs[0] == runs[1]
+    degraded = sum("snr_db" in j.params for j in runs[0])
+    assert 60 <= degraded <= 140, degraded
+
+
+def test_shares_are_validated():
+    for key in ("train_other_share", "flite_share", "piper_share"):
+        for bad in (-0.1, 1.5, "half", True, None):
+            with pytest.raises(UserError, match=f"corpus.{key} must be a number from 0 to 1, got"):
+                corpus_config({**TINY, key: bad})
+        assert getattr(corpus_config({**TINY, key: 1}), key) == 1
+
+
+def test_corpus_json_counts_degraded_train_utterances(built, tmp_path):
+    out, _ = built
+    assert "degraded" not in json.loads((out / "corpus.json").read_text())
+    small = {**TINY, "train": 3, "test": 1, "dev": 1, "ast_train": 1, "ast_test": 1, "train_other_share": 1.0}
+    build_corpus(small, tmp_path / "c", workers=2, pools=make_pools())
+    summary = json.loads((tmp_path / "c" / "corpus.json").read_text())
+    assert summary["degraded"] == {"train": 3} and summary["counts"]["train"] == 3
+    assert summary["config"]["train_other_share"] == 1.0
 
 
 def test_missing_programs_are_named(monkeypatch):

@@ -3,7 +3,8 @@
 =============  ==============================================================================
 split          what it is
 =============  ==============================================================================
-train          English sentences (WEB verses + WordNet examples), training voices
+train          English sentences (WEB verses + WordNet examples), training voices; a share
+               ``train_other_share`` (0 by default) degraded like test-other
 test-clean     held-out sentences, training voices, clean (LibriSpeech test-clean analogue)
 test-other     held-out sentences, training voices, noise 5–15 dB SNR, reverb, tempo change
 dev-ood        held-out sentences, voices never heard in training (Piper; held-out espeak accents)
@@ -20,8 +21,9 @@ words it never says, so this keeps the evaluation about acoustics rather than vo
 
 ``build_corpus(profile)`` writes ``<out>/<split>.jsonl`` + ``audio/<split>/<id>.wav`` (16 kHz mono
 16-bit), ``plan.json`` (every utterance's text, voice and prosody) and ``corpus.json`` (counts, hours,
-OOV rates, build time). It is deterministic, parallel, and resumable: a re-run makes only missing files,
-and after a settings change only the utterances whose recipe changed.
+OOV rates, build time, how many train utterances were degraded). It is deterministic, parallel, and
+resumable: a re-run makes only missing files, and after a settings change only the utterances whose
+recipe changed.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class CorpusConfig:
     max_oov: float = 0.02  # test words unseen in training, at most (the issue's target: 3 %)
     flite_share: float = 0.2  # of English utterances spoken by flite (the rest: espeak-ng; 4× cheaper)
     piper_share: float = 0.5  # of dev-ood spoken by the Piper voice, when piper-tts is installed
+    # of (synthetic) train utterances degraded like test-other (noise at 5–15 dB SNR, reverb, tempo):
+    # multi-condition training, as LibriSpeech's own training set holds "other" speech; only train, not the
+    # translation splits. At 0 (the default) a corpus and its key are what they were before this setting
+    train_other_share: float = 0.0
     real: bool = True  # include the pocketsphinx-testdata LibriVox clips
     name: str | None = None  # folder name under artifacts/corpus (default: the size, or size-<hash>)
     splits: dict = field(default_factory=dict)  # split -> reader spec, to take it from a real corpus
@@ -103,6 +109,11 @@ def corpus_config(profile: str | os.PathLike | dict | CorpusConfig | None = "def
     for key in ("train", "test", "dev", "ast_train", "ast_test"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
             raise UserError(f"corpus.{key} must be a non-negative integer, got {getattr(cfg, key)!r}")
+    for key in ("flite_share", "piper_share", "train_other_share"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise UserError(f"corpus.{key} must be a number from 0 to 1, got {value!r}")
+    cfg.train_other_share = float(cfg.train_other_share)  # 1 and 1.0: one corpus
     bad = sorted(set(cfg.splits) - set(SPLITS))
     if bad:
         raise UserError(f"corpus.splits names unknown split(s) {bad}; splits are {', '.join(SPLITS)}")
@@ -153,11 +164,32 @@ def _expand_real_corpora(raw: dict) -> dict:
     return raw
 
 
+# settings added after corpora were first built: in the key (and folder name) only when not at their default,
+# so that a corpus built before a setting existed keeps its key and folder
+KEYED_WHEN_SET = ("train_other_share",)
+
+
+def keyed_config(cfg: CorpusConfig) -> dict:
+    """``asdict(cfg)`` less the ``KEYED_WHEN_SET`` settings that are at their default: what keys a corpus."""
+    row = asdict(cfg)
+    defaults = {f.name: f.default for f in fields(CorpusConfig)}
+    for name in KEYED_WHEN_SET:
+        if row[name] == defaults[name]:
+            del row[name]
+    return row
+
+
+def corpus_key(cfg: CorpusConfig, piper: bool, pools: TextPools | None = None) -> str:
+    """The key a built corpus records in corpus.json: a change rebuilds (only the utterances that changed)."""
+    texts = None if pools is None else key_of(pools.to_json())
+    return key_of(keyed_config(cfg), CORPUS_VERSION, piper, texts)
+
+
 def corpus_name(cfg: CorpusConfig) -> str:
     if cfg.name:
         return cfg.name
-    plain = asdict(CorpusConfig(**{"size": cfg.size, **PRESETS[cfg.size]}))
-    mine = asdict(cfg)
+    plain = keyed_config(CorpusConfig(**{"size": cfg.size, **PRESETS[cfg.size]}))
+    mine = keyed_config(cfg)
     return cfg.size if mine == plain else f"{cfg.size}-{key_of(mine)[:8]}"
 
 
@@ -322,6 +354,9 @@ def make_jobs(
             rng = synth.utterance_rng(cfg.seed, it.id)
             voice = _voice_for(split, rng, cfg, piper)
             params = synth.draw_params(rng, voice, degrade=split == "test-other")
+            # drawn last (and only when asked for), so that at share 0 every draw is what it was
+            if split == "train" and cfg.train_other_share > 0 and rng.random() < cfg.train_other_share:
+                params.update(synth.draw_degradation(rng))
             jobs[split].append(
                 synth.Job(it.id, it.text, voice, params, str(out / "audio" / split / f"{it.id}.wav"))
             )
@@ -388,7 +423,7 @@ def build_corpus(
     cfg = corpus_config(profile_or_size)
     piper = synth.piper_available()
     out = Path(out_dir) if out_dir else corpus_dir(cfg)
-    key = key_of(asdict(cfg), CORPUS_VERSION, piper, None if pools is None else key_of(pools.to_json()))
+    key = corpus_key(cfg, piper, pools)
     summary_file = out / "corpus.json"
     if summary_file.exists():
         summary = json.loads(summary_file.read_text())
@@ -458,6 +493,9 @@ def build_corpus(
         synthesis_seconds=round(synth_seconds, 1),
         sources=pools.sources if synthetic else {},
     )
+    degraded = sum(1 for j in jobs.get("train", []) if "snr_db" in j.params and Path(j.out).exists())
+    if degraded:  # (train_other_share > 0)
+        summary["degraded"] = {"train": degraded}
     atomic_write_json(summary_file, summary)
     return corpus_paths(out, manifests)
 

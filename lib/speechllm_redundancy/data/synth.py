@@ -102,14 +102,20 @@ def draw_params(rng: np.random.Generator, voice: Voice, degrade: bool) -> dict:
     elif voice.engine == "piper":
         p["length_scale"] = round(float(rng.uniform(0.9, 1.15)), 3)
     if degrade:
-        p["snr_db"] = round(float(rng.uniform(5.0, 15.0)), 2)
-        p["noise"] = str(rng.choice(["white", "pink", "brown"]))
-        p["noise_seed"] = int(rng.integers(0, 2**31 - 1))
-        if rng.random() < 0.7:
-            p["reverb"] = [int(rng.integers(30, 91)), int(rng.integers(20, 81)), int(rng.integers(40, 101))]
-        if rng.random() < 0.7:
-            slow = rng.random() < 0.5
-            p["tempo"] = round(float(rng.uniform(0.82, 0.95) if slow else rng.uniform(1.05, 1.18)), 3)
+        p.update(draw_degradation(rng))
+    return p
+
+
+def draw_degradation(rng: np.random.Generator) -> dict:
+    """test-other's conditions: noise at 5–15 dB SNR, reverb (70 %), tempo change (70 %)."""
+    p: dict = {"snr_db": round(float(rng.uniform(5.0, 15.0)), 2)}
+    p["noise"] = str(rng.choice(["white", "pink", "brown"]))
+    p["noise_seed"] = int(rng.integers(0, 2**31 - 1))
+    if rng.random() < 0.7:
+        p["reverb"] = [int(rng.integers(30, 91)), int(rng.integers(20, 81)), int(rng.integers(40, 101))]
+    if rng.random() < 0.7:
+        slow = rng.random() < 0.5
+        p["tempo"] = round(float(rng.uniform(0.82, 0.95) if slow else rng.uniform(1.05, 1.18)), 3)
     return p
 
 
