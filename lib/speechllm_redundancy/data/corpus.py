@@ -69,7 +69,9 @@ class CorpusConfig:
     ast_test: int = 200
     seed: int = 0
     max_oov: float = 0.02  # test words unseen in training, at most (the target: 3 %)
-    flite_share: float = 0.2  # of English utterances spoken by flite (the rest: espeak-ng; 4× cheaper)
+    # of English utterances spoken by flite; the rest by espeak-ng, ~4× cheaper to synthesise but much harder for
+    # Whisper to hear (benchmarks/voice_intelligibility.py): the default profile sets 1.0
+    flite_share: float = 0.2
     piper_share: float = 0.5  # of dev-ood spoken by the Piper voice, when piper-tts is installed
     # of (synthetic) train utterances degraded like test-other (noise at 5–15 dB SNR, reverb, tempo):
     # multi-condition training, as LibriSpeech's own training set holds "other" speech; only train, not the
