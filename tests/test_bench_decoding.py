@@ -71,7 +71,7 @@ def test_a_wrong_decoder_fails_the_run(bench, monkeypatch, capsys):
 
 def test_tiny_run_prints_the_speed_up_line():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--limit", "6"], check=False,
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)  # guards a hang only
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert "identical outputs" in proc.stdout

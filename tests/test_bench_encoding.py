@@ -58,7 +58,7 @@ def test_a_wrong_path_fails_the_run(bench, monkeypatch, capsys):
 
 def test_tiny_run_prints_the_speed_up_line():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--limit", "6"], check=False,
-                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)  # guards a hang only
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert "agree within bf16 tolerance" in proc.stdout
