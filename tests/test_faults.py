@@ -726,3 +726,100 @@ def test_a_chapter_run_killed_midway_leaves_no_executed_chapter_and_reruns_to_th
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "straight"))
     chapter_runs.run_chapters(profile)
     assert resumed == _executed(profile, "01_toy")
+
+
+# -- leftovers of killed runs: stale temporaries are swept ---------------------------------------------------
+DAY = 86400
+
+
+def _age(path: Path, seconds: float) -> Path:
+    """Set back the mtime of ``path`` and everything below it by ``seconds``."""
+    then = time.time() - seconds
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        os.utime(p, (then, then))
+    return path
+
+
+def _temporary(parent: Path, entry: str, *, folder: bool = True, suffix: str = "abcd1234") -> Path:
+    """What a writer killed inside ``atomic_path(parent / entry)`` leaves: ``.<entry>.<random>.tmp``."""
+    tmp = parent / f".{entry}.{suffix}.tmp"
+    parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp.mkdir()
+        (tmp / entry).write_bytes(b"half written")
+    else:
+        tmp.write_bytes(b"half written")
+    return tmp
+
+
+LOCK_HOLDER = """
+    import sys, time
+    from speechllm_redundancy.cache import entry_lock
+    with entry_lock(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(120)
+"""
+
+
+def test_sweep_stale_removes_old_unlocked_temporaries_only(tmp_path):
+    from speechllm_redundancy.cache import atomic_write_json, entry_lock, sweep_stale
+
+    root = tmp_path / "artifacts"
+    points, shards = root / "points", root / "features" / "abc"
+    atomic_write_json(points / "p.json", {"score": 1}, seal=True)  # a real entry, with its record and lock
+    with entry_lock(points / "p.json"):
+        pass
+    (root / "slam" / "key" / "final").mkdir(parents=True)
+    (root / "slam" / "key" / "final" / "model.safetensors").write_bytes(b"weights")
+    for p in [*root.rglob("*"), root]:  # entries as old as the temporaries: age alone never condemns one
+        _age(p, 3 * DAY)
+    stale = [_age(_temporary(points, "q.json"), 2 * DAY),
+             _age(_temporary(points, "r.json", folder=False), 2 * DAY),
+             _age(_temporary(root / "models", "tiny-qwen2", suffix="src-abcd1234"), 2 * DAY)]
+    fresh = _temporary(points, "s.json")
+    touched = _age(_temporary(points, "t.json"), 2 * DAY)
+    (touched / "t.json").write_bytes(b"still being written")  # a live writer touches what it writes
+    held = _age(_temporary(points, "u.json"), 2 * DAY)
+    inside_held = _age(_temporary(shards, "shard-00001.safetensors"), 2 * DAY)
+    entries = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".tmp" not in str(p)}
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LOCK_HOLDER), str(points / "u.json")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # another run writing u.json
+        with entry_lock(shards):  # a feature encoding in progress: its shards' temporaries lie inside it
+            removed = sweep_stale(root)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+    assert sorted(removed) == sorted(stale) and not any(p.exists() for p in stale)
+    assert all(p.exists() for p in (fresh, touched, held, inside_held))
+    assert {p: p.read_bytes() for p in entries} == entries  # entries, records and locks untouched
+    assert (points / ".p.json.sha256.json") in entries and (points / ".p.json.lock") in entries
+    assert (root / "slam" / "key" / "final" / "model.safetensors") in entries
+
+    assert sorted(sweep_stale(root)) == sorted([held, inside_held])  # their runs ended: now they are stale
+    assert fresh.exists() and touched.exists()
+    assert sweep_stale(tmp_path / "nowhere") == []
+
+
+def test_a_book_run_sweeps_stale_temporaries_before_running(tmp_path, monkeypatch, artifacts):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "01_toy.py").write_text(TOY_CHAPTER)
+    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", notebooks)
+    profile = profiles.load_profile(write_profile(tmp_path, chapters={}, common={"points": 5, "delay": 0.6}))
+    stale = _age(_temporary(artifacts / "executed" / profile.name, "01_toy.ipynb"), 2 * DAY)
+    fresh = _temporary(artifacts / "points", "point-0.json")
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    monkeypatch.setattr(chapter_runs, "ensure_kernel", stop)  # the sweep is all this test is about
+    with pytest.raises(Stop):
+        chapter_runs.run_chapters(profile)
+    assert not stale.exists() and fresh.exists()

@@ -20,6 +20,8 @@ Two more guarantees, for entries written with ``seal=True`` and read through the
   The kernel releases an flock when its holder dies, so a killed run never leaves a lock that blocks.
 
 Bookkeeping files (records, locks, temporaries) all start with "." and are never looked up as entries.
+A killed writer leaves its temporary (``.<name>.<random>.tmp``) behind; ``sweep_stale`` removes those that
+nothing has touched for a day and that no live run can still be writing (see there).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -306,3 +310,86 @@ def cached_json(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
         value = compute()
         atomic_write_json(path, value, seal=True)
     return value
+
+
+# -- leftovers of killed runs ------------------------------------------------------------------------------
+TEMPORARY = re.compile(r"^\..+\.tmp$")  # .<name>.<random>.tmp: atomic_path's, the zoo's
+STALE_AFTER_S = 86400
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` or anything below it (a live writer touches some file)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for top, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(top, name)).st_mtime)
+    return newest
+
+
+def _guarding_locks(temporary: Path, root: Path) -> list[Path]:
+    """The entry locks a writer of ``temporary`` may hold: its entry's (``.<name>.<random>.tmp`` is written
+    for ``<name>``) and those of the entries it lies inside (a feature set's shards, a training run's
+    checkpoints), up to ``root``."""
+    locks = []
+    entry = temporary.name[1:-len(".tmp")].rpartition(".")[0]
+    if entry:
+        locks.append(temporary.parent / f".{entry}.lock")
+    folder = temporary.parent
+    while folder != root and root in folder.parents:
+        locks.append(folder.parent / f".{folder.name}.lock")
+        folder = folder.parent
+    return locks
+
+
+@contextlib.contextmanager
+def _unless_locked(locks: list[Path]) -> Iterator[bool]:
+    """Take every existing lock of ``locks`` without waiting; yields False (and takes none) if any is held."""
+    if fcntl is None:
+        yield True
+        return
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # never locked: a writer would have to create it, and then its own temporary
+            stack.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+        yield True
+
+
+def sweep_stale(root: str | os.PathLike, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporaries (``.<name>.<random>.tmp``, files or folders) below ``root`` that killed runs
+    left behind: those in which nothing changed for ``older_than_s`` seconds and whose entry locks (its
+    entry's and those of the entries it lies in) no run holds. Entries, records and lock files are never
+    touched. One walk of ``root`` (nothing when it does not exist); returns what it removed."""
+    root = Path(root).absolute()
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for top, dirs, files in os.walk(root):
+        found = [n for n in dirs + files if TEMPORARY.match(n)]
+        dirs[:] = [d for d in dirs if not TEMPORARY.match(d)]  # a temporary is removed or kept whole
+        for name in found:
+            path = Path(top) / name
+            try:
+                if _newest_mtime(path) > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue  # its writer finished (renamed or removed it) meanwhile
+            with _unless_locked(_guarding_locks(path, root)) as free:
+                if not free:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

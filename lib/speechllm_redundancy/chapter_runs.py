@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from speechllm_redundancy import profiles, results
-from speechllm_redundancy.cache import atomic_path, atomic_write_json, file_sha256
+from speechllm_redundancy.cache import atomic_path, atomic_write_json, entry_lock, file_sha256, sweep_stale
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.paths import artifacts_dir
 from speechllm_redundancy.profiles import Profile, chapter_source, chapter_stems, select_chapters
@@ -133,7 +133,10 @@ def run_chapter(profile: Profile, stem: str, kernel: str) -> Path:
     failed = out.with_suffix(".failed.ipynb")
     inputs = run_inputs(profile, stem)
     inputs_path(profile, stem).unlink(missing_ok=True)
-    with atomic_path(out) as tmp, results.collecting(fragment_path(profile, stem), stem):
+    # the locks mark the notebook's and fragment's temporaries as live for `sweep_stale` (a cell may run for
+    # days without touching them), and make a second run of the same chapter wait for this one
+    with entry_lock(out), entry_lock(fragment_path(profile, stem)), atomic_path(out) as tmp, \
+            results.collecting(fragment_path(profile, stem), stem):
         try:
             papermill.execute_notebook(_runnable_chapter(stem), str(tmp), parameters=profile.parameters(stem),
                                        kernel_name=kernel, language="python", cwd=str(profiles.NOTEBOOKS_DIR),
@@ -153,6 +156,10 @@ def run_chapters(profile: Profile, chapters: list[str] | None = None, force: boo
     """Run the chosen chapters (all by default), skipping those already executed and up to date."""
     stems = select_chapters(chapters)
     profiles.validate_profile(profile, stems)
+    swept = sweep_stale(artifacts_dir())  # what killed runs left; a run in progress holds or touches its own
+    if swept:
+        print(f"removed {len(swept)} temporaries of killed runs, untouched for a day: "
+              f"{', '.join(str(p) for p in swept[:5])}{' …' if len(swept) > 5 else ''}", flush=True)
     kernel = ensure_kernel()
     outputs = []
     for i, stem in enumerate(stems, 1):
