@@ -102,6 +102,37 @@ def test_two_processes_train_what_one_process_trains(tiny, tmp_path):
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
 
 
+def test_two_processes_train_a_profiles_model_where_the_chapters_read_it(tiny, tmp_path, monkeypatch):
+    """`slam train --profile` as book/paper_scale.md launches it: the two processes train the model a chapter
+    asks ``Study.slam`` for, into its cache folder, so the chapter then finds it instead of training it."""
+    import yaml
+
+    from speechllm_redundancy import profiles, training
+    from speechllm_redundancy.data.corpus import SPLITS
+    from speechllm_redundancy.experiments import Settings, Study
+
+    from dataclasses import replace
+
+    from speechllm_redundancy.data.manifest import read_manifest, write_manifest
+
+    every = tmp_path / "every.jsonl"  # each split: the six utterances, with a translation for the AST splits
+    write_manifest(every, [replace(u, translation=u.text) for u in read_manifest(tiny["manifest"])])
+    splits = {s: {"reader": "manifest", "path": str(every)} for s in SPLITS if s != "real"}
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(yaml.safe_dump({
+        "corpus": {"size": "smoke", "real": False, "splits": splits},
+        "common": {"encoder": tiny["whisper"], "speech_llms": [tiny["smooth_llm"]], "train_steps": 2,
+                   "recipe": "paper", "train_limit": None, "whisper_window": "full"}}))
+    study = Study(Settings.of(profiles.chapter_namespace(profiles.load_profile(profile), "03_asr_across_scales")))
+    out = launch(["-m", "speechllm_redundancy", "slam", "train", "--profile", str(profile),
+                  "--llm", tiny["smooth_llm"]], tiny["artifacts"])
+    printed = [line[len("model: "):] for line in out.splitlines() if line.startswith("model: ")]
+    assert len(printed) == 1  # the first process reports
+    monkeypatch.setattr(training, "_set_up_phase", lambda *a, **k: pytest.fail("the chapter trained it again"))
+    run = study.slam(tiny["smooth_llm"])
+    assert str(run.result.out_dir / "final") == printed[0] and run.result.steps == {"slam": 2}
+
+
 class Simulated:
     """What ``_mean_part`` asks of accelerate, as one of ``n`` processes whose token count is ``total``."""
 

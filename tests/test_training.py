@@ -175,6 +175,56 @@ def test_cli_trains_a_soft_prompt_in_the_recognised_layout(tmp_path, capsys):
     assert json.loads((out / "result.json").read_text())["config"]["prompt_lr"] == 0.05
 
 
+def test_cli_trains_a_profiles_model_where_the_chapters_read_it(tmp_path, capsys, monkeypatch):
+    """`slam train --profile P --llm L [--lora]`: the folder it prints is the one ``Study.slam`` of a chapter's
+    settings returns (so the chapters find the model instead of training it again), and asking again is a
+    cache hit; a decoder the profile does not train, or a training flag the profile sets, is refused."""
+    import speechllm_redundancy.data as data
+    from speechllm_redundancy import profiles, training
+    from speechllm_redundancy.cli import main
+    from speechllm_redundancy.experiments import Settings, Study
+    from test_book import write_profile
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    llm = save_tiny_llm(tmp_path / "llm")
+    manifest = write_manifest_dir(tmp_path / "corpus", texts=["a b", "c d e", "f g", "h", "i j"])
+    monkeypatch.setattr(data, "build_corpus", lambda corpus: {"train": manifest, "test-clean": manifest})
+    path = write_profile(tmp_path, models=[], chapters={}, common={
+        "encoder": whisper, "speech_llms": [llm], "lora_llms": [llm], "train_steps": 2, "recipe": "paper",
+        "train_limit": None, "whisper_window": "full"})
+    profile = profiles.load_profile(path)
+
+    def printed_model() -> str:
+        out = capsys.readouterr().out
+        return out.split("model: ")[-1].strip()
+
+    chapter = profiles.chapter_namespace(profile, "03_asr_across_scales")  # another chapter than the CLI's default
+    for variant in ([], ["--lora"]):
+        assert main(["slam", "train", "--profile", str(path), "--llm", llm, *variant]) == 0
+        folder = printed_model()
+        assert is_saved_slam(folder)
+        with monkeypatch.context() as patch:
+            patch.setattr(training, "_set_up_phase", lambda *a, **k: pytest.fail("trained again"))
+            run = Study(Settings.of(chapter)).slam(llm, lora=chapter["lora"] if variant else None,
+                                                   steps=chapter["lora_steps"] if variant else None)
+            assert str(run.result.out_dir / "final") == folder and run.lora == bool(variant)
+            assert main(["slam", "train", "--profile", str(path), "--llm", llm, *variant]) == 0
+            assert printed_model() == folder
+    assert SlamModel.from_pretrained(folder).config.lora["r"] == chapter["lora"]["r"]
+
+    assert main(["slam", "train", "--profile", str(path), "--llm", "tiny-llama"]) == 2
+    err = capsys.readouterr().err
+    assert f"profile custom trains no frozen-decoder asr SLAM model of 'tiny-llama'" in err and llm in err
+    assert main(["slam", "train", "--profile", str(path)]) == 2
+    assert "pass --llm" in capsys.readouterr().err
+    assert main(["slam", "train", "--profile", str(path), "--llm", llm, "--task", "ast-en-de", "--lora"]) == 2
+    assert "trains no LoRA ast-en-de SLAM model" in capsys.readouterr().err
+    assert main(["slam", "train", "--profile", str(path), "--llm", llm, "--steps", "5", "--out", "x"]) == 2
+    assert "--out, --steps would be ignored" in capsys.readouterr().err
+    assert main(["slam", "train", "--llm", llm]) == 2
+    assert "needs --train" in capsys.readouterr().err
+
+
 def lora_config(run):
     return SlamModel.from_pretrained(run.out_dir / "final").config
 

@@ -125,6 +125,20 @@ def declared_parameters(nb) -> set[str]:
     return {p.name for p in PythonTranslator.inspect(cells[0])}
 
 
+def chapter_namespace(profile: Profile, stem: str) -> dict[str, Any]:
+    """The parameters chapter `stem` runs with on `profile`: its `parameters` cell's defaults, overridden by
+    what papermill injects after that cell (`Profile.parameters`). ``experiments.Settings.of`` of it gives
+    the chapter's own settings, so a script that takes them (`slam train --profile`) asks the cache for the
+    very models the chapter asks for."""
+    nb = read_chapter(stem)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    defaults: dict[str, Any] = {}
+    if cells:
+        exec(compile(cells[0].source, str(chapter_source(stem)), "exec"), defaults)  # assignments of literals
+    declared = declared_parameters(nb)
+    return {**{k: v for k, v in defaults.items() if k in declared}, **profile.parameters(stem)}
+
+
 def chapter_parameters(stem: str) -> set[str]:
     """The parameters chapter `stem` declares (memoised per version of its source file)."""
     source = chapter_source(stem)

@@ -2,6 +2,7 @@
 
     python -m speechllm_redundancy slam train --encoder whisper-base --llm smollm2-135m \
         --train artifacts/corpus/default/train.jsonl --out runs/smollm2 [--lora] [--steps 1500]
+    python -m speechllm_redundancy slam train --profile paper --llm Qwen/Qwen2.5-7B [--task ast-fr-en] [--lora]
     python -m speechllm_redundancy slam evaluate --model runs/smollm2 \
         --manifest artifacts/corpus/default/test-clean.jsonl --task asr
 """
@@ -17,6 +18,7 @@ from speechllm_redundancy.errors import UserError
 
 TASKS = ("asr", "ast-en-de", "ast-fr-en")
 TASK_HELP = "asr (transcribe) or ast-<source>-<target> (translate the speech)"
+PROFILE_CHOICES = ("profile", "chapter", "llm", "task", "lora")  # what `slam train --profile` takes from the user
 WINDOW_HELP = "Whisper input: the full 30 s window, the utterance + 2 s (padded) or the utterance only (trim)"
 # the help of each TrainConfig field's flag (`slam train --steps …`); tests/test_cli.py finds any missing
 TRAIN_HELP = {
@@ -62,12 +64,20 @@ def register(subparsers) -> None:
     tr = sub.add_parser("train", help="train a SLAM model (projector, optionally LoRA); resumes if interrupted")
     tr.add_argument("--encoder", default=SlamConfig.encoder,
                     help="frozen speech encoder: zoo name, local HF dir or hub id")
-    tr.add_argument("--llm", default=SlamConfig.llm, help="zoo name, local HF dir (e.g. a pruned model) or hub id")
-    tr.add_argument("--train", required=True, help="training manifest (JSON Lines)")
+    tr.add_argument("--llm", help=f"zoo name, local HF dir (e.g. a pruned model) or hub id (default {SlamConfig.llm}; "
+                                  "with --profile: required, one of the decoders the profile's chapters train)")
+    tr.add_argument("--profile",
+                    help="train the model the book's chapters train on this profile (name or yaml), with the "
+                         "chapter's settings and data, into the cache where the chapters read it; choose it with "
+                         "--llm, --task and --lora (the other options, --train and --out are then the profile's)")
+    tr.add_argument("--chapter", help="with --profile: the chapter whose settings to train with (stem or prefix "
+                                      "such as 03; default: the first chapter that trains the model)")
+    tr.add_argument("--train", help="training manifest (JSON Lines); required unless --profile")
     tr.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
     tr.add_argument("--task", default="asr", choices=TASKS, help=TASK_HELP)
     tr.add_argument("--out", help="output directory (default: the shared cache, keyed by settings and data)")
-    tr.add_argument("--lora", action="store_true", help="LoRA on the decoder's q, k, v, o projections")
+    tr.add_argument("--lora", action="store_true", help="LoRA on the decoder's q, k, v, o projections (with "
+                                                        "--profile: the chapters' LoRA model, of `lora_llms`)")
     tr.add_argument("--lora-r", type=int, default=8, help="rank of the LoRA matrices (with --lora)")
     tr.add_argument("--lora-alpha", type=int, default=16, help="LoRA scale: updates are scaled by alpha/r")
     tr.add_argument("--k", type=int, default=SlamConfig.k, help="frames concatenated per projector input")
@@ -106,7 +116,8 @@ def register(subparsers) -> None:
     tr.add_argument("--eval-every", type=int, default=0,
                     help="score --eval every N next-token steps (0: only at the end)")
     tr.add_argument("--eval-limit", type=int, default=200, help="utterances of --eval to score")
-    tr.set_defaults(func=_train)
+    tr.set_defaults(func=_train, train_options={a.dest: (a.option_strings[0], a.default) for a in tr._actions
+                                                if a.option_strings and a.dest != "help"})
 
     ev = sub.add_parser("evaluate", help="greedy-decode a manifest and print WER (ASR) or BLEU/chrF (AST)")
     ev.add_argument("--model", required=True, help="directory written by `slam train` (or its final/)")
@@ -133,11 +144,16 @@ def _train(args) -> int:
     from speechllm_redundancy.slam import PROMPTS, RECOGNISER_PROMPTS, SlamConfig
     from speechllm_redundancy.training import TrainConfig, train_from_configs
 
+    if args.profile:
+        return _train_profile(args)
+    if not args.train:
+        raise UserError("slam train needs --train (the training manifest), or --profile to train a chapter's "
+                        "model with the profile's settings.")
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
     cfg = TrainConfig(**overrides)
     lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": 0.05} if args.lora else None
-    slam_cfg = SlamConfig(encoder=args.encoder, llm=args.llm, k=args.k, lora=lora,
+    slam_cfg = SlamConfig(encoder=args.encoder, llm=args.llm or SlamConfig.llm, k=args.k, lora=lora,
                           chat_template=not args.no_chat_template, whisper_window=args.whisper_window,
                           ctc_compress=args.ctc_compress, ctc_embed=args.ctc_embed,
                           ctc_temperature=args.ctc_temperature, prompt_vectors=args.prompt_vectors,
@@ -156,6 +172,66 @@ def _train(args) -> int:
         if any(k.startswith("eval_") for k in h):
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in h.items()}))
     print(f"model: {result.out_dir / 'final'}")
+    return 0
+
+
+def _trained_llms(params: dict, task: str, lora: bool) -> list[str]:
+    """The decoders a chapter with parameters ``params`` trains a ``task`` model of (LoRA ones: of ``lora``)."""
+    if lora:
+        return list(params.get("lora_llms") or []) if task == "asr" else []
+    if task != "asr" and task[len("ast-"):] not in (params.get("directions") or []):
+        return []
+    return list(params.get("speech_llms") or [])
+
+
+def _train_profile(args) -> int:
+    """`slam train --profile`: the SLAM model as a chapter gets it (``Study.slam`` on the chapter's settings),
+    so it lands in the cache under the key the chapter asks for; a model already there is a cache hit."""
+    import torch
+
+    from speechllm_redundancy.experiments import Settings, Study
+    from speechllm_redundancy.profiles import (chapter_namespace, chapter_stems, load_profile, select_chapters,
+                                               validate_profile)
+
+    given = [flag for dest, (flag, default) in args.train_options.items()
+             if dest not in PROFILE_CHOICES and getattr(args, dest) != default]
+    if given:
+        raise UserError(f"--profile trains with the profile's settings, so {', '.join(given)} would be ignored: "
+                        "drop them, or train without --profile (--train …, and --out for a folder of your own).")
+    profile = load_profile(args.profile)
+    stems = select_chapters([args.chapter]) if args.chapter else chapter_stems()
+    validate_profile(profile, stems)
+    params = {stem: chapter_namespace(profile, stem) for stem in stems}
+    trained = {stem: _trained_llms(params[stem], args.task, args.lora) for stem in stems}
+    known = list(dict.fromkeys(llm for stem in stems for llm in trained[stem]))
+    what = f"{'LoRA' if args.lora else 'frozen-decoder'} {args.task} SLAM model"
+    where = f"chapter {stems[0]} of profile {profile.name}" if args.chapter else f"profile {profile.name}"
+    if not known:
+        raise UserError(f"{where} trains no {what}: choose another --task or --lora, or add the decoder to the "
+                        "profile (speech_llms, lora_llms for --lora, directions for a translation task).")
+    if not args.llm:
+        raise UserError(f"pass --llm, the decoder of the model to train: {where} trains a {what} of "
+                        f"{', '.join(known)}.")
+    stem = next((s for s in stems if args.llm in trained[s]), None)
+    if stem is None:
+        raise UserError(f"{where} trains no {what} of {args.llm!r} (it trains that model of {', '.join(known)}): "
+                        "pass one of those to --llm, or add it to the profile (speech_llms, or lora_llms for "
+                        "--lora).")
+    chosen = params[stem]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    study = Study(Settings.of(chosen))
+    if args.task == "asr":
+        run = study.slam(args.llm, lora=chosen.get("lora") if args.lora else None,
+                         steps=chosen.get("lora_steps") if args.lora else None)
+    else:  # as chapters.translation.measure picks the encoder of a direction
+        direction, ast_encoder = args.task[len("ast-"):], chosen.get("ast_encoder")
+        encoders = dict(ast_encoder) if isinstance(ast_encoder, dict) else {direction: ast_encoder}
+        run = study.slam(args.llm, args.task, encoder=encoders.get(direction, study.settings.encoder))
+    if not is_main_process():
+        return 0
+    print(f"{what} of {args.llm} as chapter {stem} of profile {profile.name} trains it: "
+          f"{run.result.steps} steps in {run.result.total_minutes:.1f} min (key {run.key})")
+    print(f"model: {run.result.out_dir / 'final'}")
     return 0
 
 
