@@ -79,12 +79,40 @@ def test_bad_tasks_and_inputs_are_user_errors(tiny):
             search_layouts(llm, tok, task, utts())
     with pytest.raises(UserError, match="no default layout"):
         gold_ceiling(llm, tok, "ast-de-en", utts(GERMAN))
-    with pytest.raises(UserError, match="translations"):
+    with pytest.raises(UserError, match="no translation"):
         gold_ceiling(llm, tok, "ast-en-de", utts())
     with pytest.raises(UserError, match="no candidate"):
         search_layouts(llm, tok, "asr", utts(), {})
     with pytest.raises(UserError, match="exactly once"):
         gold_ceiling(llm, tok, "asr", utts(), {"user": "Copy the sentence."})
+
+
+def test_a_translation_row_without_its_translation_is_named(tiny, monkeypatch):
+    """One row of a translation set without its translation: a UserError naming that row and the fix,
+    before anything is decoded."""
+    llm, tok = tiny
+    monkeypatch.setattr(ceilings, "decode_text_inputs", lambda *a, **k: pytest.fail("decoded"))
+    rows = utts(GERMAN)
+    rows[2].translation = None
+    rows[3].translation = "  "
+    with pytest.raises(UserError, match=r"2 utterance\(s\) have no translation .*'u2', 'u3'.*manifest") as err:
+        gold_ceiling(llm, tok, "ast-en-de", rows)
+    assert "'u0'" not in str(err.value)
+    assert ceilings.gold_pairs(utts(GERMAN), "ast-en-de") == (TEXTS, GERMAN)
+    assert ceilings.gold_pairs(utts(), "asr") == (TEXTS, TEXTS)
+
+
+def test_progress_shows_a_bar_and_changes_nothing(tiny, capsys):
+    llm, tok = tiny
+    quiet = gold_ceiling(llm, tok, "ast-en-de", utts(GERMAN), progress=False)
+    assert "gold ceiling" not in capsys.readouterr().err
+    shown = gold_ceiling(llm, tok, "ast-en-de", utts(GERMAN), progress=True)
+    err = capsys.readouterr().err
+    assert "gold ceiling (ast-en-de)" in err and f"{len(TEXTS)}/{len(TEXTS)}" in err
+    assert shown == quiet
+    layout = PromptLayout(tok, True, "", {"asr": PROMPTS["asr"]})
+    assert (decode_text_inputs(llm, layout, "asr", TEXTS, batch_size=3, progress=True)
+            == decode_text_inputs(llm, layout, "asr", TEXTS, batch_size=3))
 
 
 def test_candidate_layouts_are_valid_and_name_their_languages():

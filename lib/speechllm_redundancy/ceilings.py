@@ -64,20 +64,23 @@ def candidates_for(task: str) -> dict:
 
 
 def gold_pairs(utterances, task: str) -> tuple[list[str], list[str]]:
-    """(gold inputs, references): the transcript twice for ASR; source transcript and translation for AST."""
-    if task == "asr":
-        refs = [u.text for u in utterances]
-        return refs, refs
-    if any(u.translation is None for u in utterances):
-        raise UserError(f"task {task!r} needs utterances with translations: use a translation manifest.")
-    return [u.text for u in utterances], [u.translation for u in utterances]
+    """(gold inputs, references): the transcript twice for ASR; source transcript and translation for AST
+    (``Utterance.target``; UserError naming the rows without one)."""
+    from speechllm_redundancy.data.manifest import targets
+
+    refs = targets(utterances, task)
+    return (refs if task == "asr" else [u.text for u in utterances]), refs
 
 
 @torch.inference_mode()
 def decode_text_inputs(llm, layout, task: str, sources: Sequence[str], batch_size: int = 16,
-                       max_new_tokens: int = 200, tokens_per_word: float = 4.0) -> list[str]:
+                       max_new_tokens: int = 200, tokens_per_word: float = 4.0,
+                       progress: bool = False) -> list[str]:
     """Greedy answers of ``llm`` to the task's prompt with each source text where the speech goes. Each
-    answer is capped at 16 + ``tokens_per_word`` × the source's words (as SLAM decoding caps by length)."""
+    answer is capped at 16 + ``tokens_per_word`` × the source's words (as SLAM decoding caps by length).
+    ``progress`` shows a bar over the sources (the answers do not depend on it)."""
+    from tqdm.auto import tqdm
+
     from speechllm_redundancy.decoding import greedy
 
     device = llm.get_input_embeddings().weight.device
@@ -85,26 +88,29 @@ def decode_text_inputs(llm, layout, task: str, sources: Sequence[str], batch_siz
     stops = layout.stop_ids(task)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out = [""] * len(sources)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        rows = [layout.text_ids(task, sources[i]) for i in idx]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), layout.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, width - len(r):] = torch.tensor(r)
-            mask[j, width - len(r):] = 1
-        caps = [min(max_new_tokens, 16 + math.ceil(tokens_per_word * len(sources[i].split()))) for i in idx]
-        seqs = greedy(llm, embed(ids.to(device)), mask.to(device), caps, stops, layout.pad_id, keep_stop=True)
-        for i, seq in zip(idx, seqs):
-            out[i] = layout.finish(task, seq)
+    with tqdm(total=len(sources), desc=f"gold ceiling ({task})", unit="utt", disable=not progress) as bar:
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            rows = [layout.text_ids(task, sources[i]) for i in idx]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), layout.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):
+                ids[j, width - len(r):] = torch.tensor(r)
+                mask[j, width - len(r):] = 1
+            caps = [min(max_new_tokens, 16 + math.ceil(tokens_per_word * len(sources[i].split()))) for i in idx]
+            seqs = greedy(llm, embed(ids.to(device)), mask.to(device), caps, stops, layout.pad_id, keep_stop=True)
+            for i, seq in zip(idx, seqs):
+                out[i] = layout.finish(task, seq)
+            bar.update(len(idx))
     return out
 
 
 def gold_ceiling(llm, tokenizer, task: str, utterances, prompt=None, *, chat_template: bool = True,
-                 system_prompt: str | None = "", batch_size: int = 16) -> dict:
+                 system_prompt: str | None = "", batch_size: int = 16, progress: bool = True) -> dict:
     """Score of ``llm`` given the gold input as text in the layout ``prompt`` (an instruction or PromptFormat
-    dict; None: the library's default for the task). Returns dict(metric, score, hyps, refs)."""
+    dict; None: the library's default for the task). Returns dict(metric, score, hyps, refs). ``progress``
+    shows a bar over the utterances decoded."""
     from speechllm_redundancy.evaluation import score
     from speechllm_redundancy.slam import PROMPTS, PromptLayout
 
@@ -114,7 +120,7 @@ def gold_ceiling(llm, tokenizer, task: str, utterances, prompt=None, *, chat_tem
         prompt = PROMPTS[task]
     layout = PromptLayout(tokenizer, chat_template, system_prompt, {task: prompt})
     sources, refs = gold_pairs(utterances, task)
-    hyps = decode_text_inputs(llm, layout, task, sources, batch_size=batch_size)
+    hyps = decode_text_inputs(llm, layout, task, sources, batch_size=batch_size, progress=progress)
     metric, value = score(task, refs, hyps)
     return {"metric": metric, "score": value, "hyps": hyps, "refs": refs}
 
@@ -139,7 +145,7 @@ CEILING_FORMAT = 1  # bump when what a cached ceiling holds, or how it is measur
 
 def cached_gold_ceiling(decoder, task: str, manifest_path, limit: int | None = None, *, prompt=None,
                         chat_template: bool = True, system_prompt: str | None = "", dtype: str = "float32",
-                        device: str | None = None, batch_size: int = 16) -> dict:
+                        device: str | None = None, batch_size: int = 16, progress: bool = True) -> dict:
     """``gold_ceiling`` of a decoder on the first ``limit`` utterances of ``manifest_path`` (None: all),
     computed once and kept under ``artifacts/ceilings/``, keyed by the decoder's weights, its layout, the
     task, the manifest's bytes and ``limit``. Returns dict(metric, score, hyps, refs), ready for
@@ -151,6 +157,7 @@ def cached_gold_ceiling(decoder, task: str, manifest_path, limit: int | None = N
     frozen-decoder and LoRA models built on it. Or a decoder name (zoo name / local directory / hub id),
     loaded (with ``dtype``, on ``device``) only when the cache misses, in the layout given here (the
     defaults are ``SlamConfig``'s). A pruned decoder is refused: the ceiling bounds the unpruned model.
+    ``progress`` shows a bar while a missing ceiling is decoded (not part of the key).
     """
     from speechllm_redundancy.cache import cached_json, file_sha256, key_of
     from speechllm_redundancy.data.manifest import read_manifest
@@ -189,7 +196,7 @@ def cached_gold_ceiling(decoder, task: str, manifest_path, limit: int | None = N
         _check_unpruned(llm, path, name)
         with _adapters_off(llm) as base:
             res = gold_ceiling(base, tokenizer, task, utterances, prompt, chat_template=chat_template,
-                               system_prompt=system_prompt, batch_size=batch_size)
+                               system_prompt=system_prompt, batch_size=batch_size, progress=progress)
         return {**res, "llm": name, "task": task, "manifest": str(manifest_path.resolve()), "limit": limit,
                 "layout": layout}
 
