@@ -173,6 +173,26 @@ def test_chapter_3_sets_removable_fractions_against_decoder_size(study):
     assert verdict.claim == 5 and verdict.variant == f"frozen decoders of {', '.join(by_size.model)}, no healing"
 
 
+def test_chapter_3_heals_a_lora_row_beside_the_frozen_decoders(study):
+    """Table 1's LoRA row (issue 14): the LoRA variant of a decoder, walked and healed like the frozen ones,
+    is in the summary and in Table 1 but not in the by-size comparison claim 5 is decided on."""
+    llm = study.llms[0]
+    models = scales.measure(study, study.llms, [llm], lora=LORA, strategy="both", fractions=[0.34])
+    lora_row = f"{llm} + LoRA"
+    assert list(models.summary.model) == [*study.llms, lora_row]
+    assert list(models.summary.LoRA) == [False, False, True]
+    assert [run.lora for run in models.runs] == [False, False, True]
+    assert set(models.walks[lora_row].strategy) == {"both"}
+    assert lora_row not in set(models.by_size.model) and sorted(models.by_size.model) == sorted(study.llms)
+    assert lora_row in set(models.table_1().index.get_level_values("model"))
+    assert lora_row not in set(models._width.model)
+    verdict = models.claim_5()
+    by_size = models.by_size
+    assert verdict.variant == f"frozen decoders of {', '.join(by_size.model)}, both healing, 2 steps"
+    assert "LoRA" not in verdict.finding
+    assert models.parameters["healing"] == "both" and models.parameters["lora_llms"] == [llm]
+
+
 def test_chapter_4_walks_translation_along_both_paths(study):
     llm = study.llms[0]
     transfer = translation.measure(study, [llm], ["en-de"], study.settings.encoder, [0.34], ["none"])
