@@ -213,11 +213,11 @@ def study_subject(args) -> Subject:
     from speechllm_redundancy.data.manifest import read_manifest
     from speechllm_redundancy.experiments import Settings, Study
     from speechllm_redundancy.features import cached_features, features_dir
-    from speechllm_redundancy.profiles import load_profile
+    from speechllm_redundancy.profiles import chapter_namespace, load_profile
     from speechllm_redundancy.sweep import manifest_evaluator
 
     profile = load_profile(args.profile)
-    params = profile.parameters(CHAPTER)
+    params = chapter_namespace(profile, CHAPTER)  # the notebook's defaults + the profile, as chapter 2
     settings = Settings.of(params)
     llm = args.llm or params.get("speech_llms", [None])[0]
     if llm is None:
