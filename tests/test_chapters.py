@@ -228,3 +228,14 @@ def test_chapter_5_times_the_decoder_alone_and_the_whole_speech_llm(study):
     assert verdict.holds is None or verdict.holds is False  # one repeat: the speed half cannot hold
     assert verdict.variant == f"{llm} SpeechLLM, {study.settings.encoder} encoder + projector + decoder, 2 " \
                               "test-clean utterances, cpu"
+
+
+def test_a_directions_encoder_comes_from_the_mapping_or_the_study():
+    """chapter 4 and `slam train --profile` pick an AST model's encoder in one place."""
+    from types import SimpleNamespace
+
+    study = SimpleNamespace(settings=SimpleNamespace(encoder="whisper-base"))
+    per_direction = {"fr-en": "openai/whisper-large-v3"}
+    assert translation.direction_encoder(study, per_direction, "fr-en") == "openai/whisper-large-v3"
+    assert translation.direction_encoder(study, per_direction, "en-de") == "whisper-base"
+    assert translation.direction_encoder(study, "tiny-whisper", "en-de") == "tiny-whisper"

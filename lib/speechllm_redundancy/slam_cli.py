@@ -159,7 +159,6 @@ def _train(args) -> int:
                           ctc_temperature=args.ctc_temperature, prompt_vectors=args.prompt_vectors,
                           prompt_init=args.prompt_init,
                           prompts=dict(RECOGNISER_PROMPTS if args.asr_layout == "recognised" else PROMPTS))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, result = train_from_configs(slam_cfg, cfg, args.train, task=args.task, out_dir=args.out,
                                        eval_manifest=args.eval, eval_every=args.eval_every,
                                        eval_limit=args.eval_limit, train_limit=args.train_limit,
@@ -187,8 +186,6 @@ def _trained_llms(params: dict, task: str, lora: bool) -> list[str]:
 def _train_profile(args) -> int:
     """`slam train --profile`: the SLAM model as a chapter gets it (``Study.slam`` on the chapter's settings),
     so it lands in the cache under the key the chapter asks for; a model already there is a cache hit."""
-    import torch
-
     from speechllm_redundancy.experiments import Settings, Study
     from speechllm_redundancy.profiles import (chapter_namespace, chapter_stems, load_profile, select_chapters,
                                                validate_profile)
@@ -218,15 +215,15 @@ def _train_profile(args) -> int:
                         "pass one of those to --llm, or add it to the profile (speech_llms, or lora_llms for "
                         "--lora).")
     chosen = params[stem]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     study = Study(Settings.of(chosen))
     if args.task == "asr":
         run = study.slam(args.llm, lora=chosen.get("lora") if args.lora else None,
                          steps=chosen.get("lora_steps") if args.lora else None)
-    else:  # as chapters.translation.measure picks the encoder of a direction
-        direction, ast_encoder = args.task[len("ast-"):], chosen.get("ast_encoder")
-        encoders = dict(ast_encoder) if isinstance(ast_encoder, dict) else {direction: ast_encoder}
-        run = study.slam(args.llm, args.task, encoder=encoders.get(direction, study.settings.encoder))
+    else:  # the encoder chapter 4 gives the direction
+        from speechllm_redundancy.chapters.translation import direction_encoder
+
+        encoder = direction_encoder(study, chosen.get("ast_encoder"), args.task[len("ast-"):])
+        run = study.slam(args.llm, args.task, encoder=encoder)
     if not is_main_process():
         return 0
     print(f"{what} of {args.llm} as chapter {stem} of profile {profile.name} trains it: "

@@ -137,6 +137,15 @@ class Transfer:
                                         f"{', '.join(self.speech_llms)}, {how}")
 
 
+def direction_encoder(study: Study, ast_encoder: str | dict | None, direction: str):
+    """The speech encoder of one direction's AST model: ``ast_encoder`` names one for every direction or
+    {direction: name} (the paper's Whisper large-v3 for Fr->En only); a direction it leaves out uses the
+    study's encoder."""
+    if isinstance(ast_encoder, dict):
+        return ast_encoder.get(direction, study.settings.encoder)
+    return ast_encoder
+
+
 def measure(study: Study, speech_llms: list[str], directions: list[str], ast_encoder: str | dict,
             fractions: list[float] | None, healing: str | list[str]) -> Transfer:
     """For every decoder and direction: the AST model (encoder ``ast_encoder``: one name or {direction:
@@ -148,14 +157,13 @@ def measure(study: Study, speech_llms: list[str], directions: list[str], ast_enc
         raise UserError("healing is empty: name at least one strategy (none, decoder, projector, both).")
     for strategy in strategies:
         check_strategy(strategy)
-    encoders = dict(ast_encoder) if isinstance(ast_encoder, dict) else {d: ast_encoder for d in directions}
     walks, starts, matrices, runs, at_chance = [], [], {}, {}, []
     for llm in speech_llms:
         asr_run = study.slam(llm)  # chapter 3's model and path
         asr_matrix = study.speech_angles(asr_run)
         del asr_run
         for direction in directions:
-            run = study.slam(llm, f"ast-{direction}", encoder=encoders.get(direction, study.settings.encoder))
+            run = study.slam(llm, f"ast-{direction}", encoder=direction_encoder(study, ast_encoder, direction))
             ast_matrix = study.speech_angles(run)
             matrices[llm, direction] = ast_matrix, asr_matrix
             for path_name, matrix in ((AST_PATH, ast_matrix), (ASR_PATH, asr_matrix)):
