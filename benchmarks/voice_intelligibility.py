@@ -26,7 +26,7 @@ HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:  # whisper_window, also when the tests load this file by path
     sys.path.insert(0, HERE)
 
-from whisper_window import full_window, whisper_greedy  # noqa: E402
+from whisper_window import full_window, token_cap, whisper_greedy  # noqa: E402
 
 from speechllm_redundancy.errors import UserError  # noqa: E402
 
@@ -66,9 +66,7 @@ def transcribe(whisper, tok, encoder, utts) -> list[str]:
     hyps = []
     for u in tqdm(utts, desc="whisper greedy", unit="utt"):
         wave = load_audio(u.audio)
-        # cap at ~5 tokens per second of audio: greedy Whisper sometimes loops, which would swamp the WER
-        hyps.append(whisper_greedy(whisper, tok, full_window(encoder, wave),
-                                   max_tokens=int(5 * wave.numel() / 16000) + 8))
+        hyps.append(whisper_greedy(whisper, tok, full_window(encoder, wave), max_tokens=token_cap(wave)))
     return hyps
 
 

@@ -36,6 +36,11 @@ def whisper_greedy(whisper, tok, frames: torch.Tensor, max_tokens: int = 100) ->
     return tok.decode(out, skip_special_tokens=True)
 
 
+def token_cap(wave: torch.Tensor) -> int:
+    """At most ~5 tokens per second of 16 kHz audio: greedy Whisper sometimes loops, which would swamp the WER."""
+    return int(5 * wave.numel() / 16000) + 8
+
+
 @torch.inference_mode()
 def full_window(enc, wave: torch.Tensor) -> torch.Tensor:
     """All 1500 output frames of the 30 s window (what Whisper's decoder normally attends to)."""
@@ -75,13 +80,12 @@ def main() -> None:
         start = time.perf_counter()
         feats = [enc.encode([w])[0] for w in waves]
         seconds = (time.perf_counter() - start) / len(waves)
-        # cap at ~5 tokens per second of audio: greedy Whisper sometimes loops, which would swamp the WER
         # Whisper's decoder reads what its encoder gave: all 1500 frames (full) or the trimmed window
         whole = {"full": lambda w: full_window(enc, w),
                  "padded": lambda w: trim.encode([torch.cat([w, silence])])[0],  # = padded + its silence frames
                  "trim": None}[window]
         dec_in = [whole(w) if whole else f for f, w in zip(feats, waves)]
-        hyps = [whisper_greedy(whisper, tok, f, max_tokens=int(5 * w.numel() / 16000) + 8)
+        hyps = [whisper_greedy(whisper, tok, f, max_tokens=token_cap(w))
                 for f, w in zip(dec_in, waves)]
         per_utt = torch.tensor([wer([u.text], [h]) for u, h in zip(utts, hyps)])
         rows[window] = (seconds, feats, wer([u.text for u in utts], hyps), hyps, per_utt.median().item())
