@@ -37,7 +37,8 @@ def whisper_greedy(whisper, tok, frames: torch.Tensor, max_tokens: int = 100) ->
 
 
 def token_cap(wave: torch.Tensor) -> int:
-    """At most ~5 tokens per second of 16 kHz audio: greedy Whisper sometimes loops, which would swamp the WER."""
+    """At most ~5 tokens per second of 16 kHz audio: greedy Whisper sometimes loops, which would swamp
+    the WER."""
     return int(5 * wave.numel() / 16000) + 8
 
 
