@@ -34,13 +34,13 @@ recipe = "cpu"  # SLAM training: "paper" (as published) or "cpu" (CTC warm start
 train_limit = 8192  # ASR models: the first N utterances of the training split only; None uses all of it
 ast_train_limit = 2048  # translation models: the first N utterances of each direction's training split
 ast_encoder = "whisper-base"  # speech encoder of the translation models: one name, or {direction: name} (others: `encoder`)
-directions = ["en-de", "fr-en"]  # translation directions (corpus splits <direction>-train / -test)
+directions = ["en-de", "fr-en"]  # translation directions (corpus splits <direction>-train / -test / -dev)
 pruned_fractions = [0.1, 0.2, 0.3, 0.4]  # fractions of decoder layers removed (rounded to whole layers)
 eval_limit = 100  # test utterances decoded per direction and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
 healing = ["none", "both"]  # strategies after pruning (none, decoder, projector, both); the verdict uses the last
 healing_steps = 300  # training steps of each healing run
-path_samples = 64  # utterances whose angles give each path (ASR: the `dev` split; AST: its training split)
+path_samples = 64  # utterances whose angles give each path (ASR: `dev`; AST: `<direction>-dev`, else -train)
 
 # %% [markdown]
 # ## Method of this chapter
@@ -49,8 +49,8 @@ path_samples = 64  # utterances whose angles give each path (ASR: the `dev` spli
 #
 # 1. the **AST model**: frozen `ast_encoder`, trained projector, frozen decoder, trained on the direction's
 #    training split with its translation prompt; its **AST-derived path** comes from the angular distances
-#    of its own inputs (`path_samples` training utterances, translation prompt: the corpus has no
-#    translation validation split);
+#    of its own inputs (`path_samples` utterances of the direction's validation split `<direction>-dev`,
+#    with the translation prompt; in a corpus without that split, training utterances instead);
 # 2. the **ASR model** of the same decoder, exactly as chapter 3 trains it (shared through the cache); its
 #    **ASR-derived path** comes from `path_samples` utterances of the recognition validation split `dev`;
 # 3. the AST model pruned along each path at every level of `pruned_fractions` (rounded to whole layers),

@@ -110,7 +110,8 @@ def test_cli_check_and_params(capsys):
     assert "fits all 5 chapters" in capsys.readouterr().out
     assert main(["book", "params", "--profile", "smoke", "--chapter", "05"]) == 0
     params = yaml.safe_load(capsys.readouterr().out)
-    assert params["pruned_fractions"] == [0.0, 0.25, 0.5] and params["corpus"] == {"size": "smoke"}
+    assert params["pruned_fractions"] == [0.0, 0.25, 0.5]
+    assert params["corpus"] == {"size": "smoke", "ast_dev": 8}
 
 
 CHAPTER = """# %% [markdown]

@@ -117,7 +117,7 @@ def _rows(path):
 
 def test_every_split_is_built_and_valid(built):
     out, paths = built
-    assert list(paths) == [s for s in SPLITS if s != "real"]
+    assert list(paths) == [s for s in SPLITS if s not in ("real", "en-de-dev", "fr-en-dev")]  # ast_dev: 0
     summary = json.loads((out / "corpus.json").read_text())
     assert summary["counts"] == {
         "train": 10,
@@ -411,6 +411,85 @@ def test_corpus_json_counts_degraded_train_utterances(built, tmp_path):
     summary = json.loads((tmp_path / "c" / "corpus.json").read_text())
     assert summary["degraded"] == {"train": 3} and summary["counts"]["train"] == 3
     assert summary["config"]["train_other_share"] == 1.0
+
+
+# ------------------------------------------------------------------------------ ast_dev
+def test_ast_dev_at_its_default_changes_no_corpus(tmp_path):
+    """Guards cache compatibility as the train_other_share test does (same literals, recorded before either
+    setting existed): without translation validation a corpus is what it was."""
+    before = ("dde98307f4447f5c", "smoke-61216513", "8c7427d38b689655", "cf19057fa34311b9")
+    pools = make_pools()
+    assert corpus_config(TINY).ast_dev == 0
+    for n in (None, 0):
+        cfg = corpus_config(TINY if n is None else {**TINY, "ast_dev": n})
+        assert _digest(cfg, pools, tmp_path) == before
+        assert not {"en-de-dev", "fr-en-dev"} & set(plan_texts(cfg, pools))
+    assert corpus_mod.corpus_key(corpus_config({**TINY, "ast_dev": 0}), False) == "e81456fa3d26306f"
+    # translation validation is a different corpus, in its own folder
+    other = _digest(corpus_config({**TINY, "ast_dev": 2}), pools, tmp_path)
+    assert other[0] != before[0] and other[1] != before[1] and other[1].startswith("smoke-")
+
+
+def test_translation_validation_leaves_every_other_split_as_it_was(tmp_path):
+    """Planned last: a corpus that adds it keeps every other split's sentences, ids and recipes (so a rebuild
+    synthesises the new splits only), and its pairs are in no other split, in any language."""
+    pools = make_pools()
+    cfg, without = corpus_config({**TINY, "ast_dev": 2}), corpus_config(TINY)
+    plan, before = plan_texts(cfg, pools), plan_texts(without, pools)
+    assert {s: p for s, p in plan.items() if not s.endswith("-dev") or s == "dev"} == before
+    assert [len(plan[s]) for s in ("en-de-dev", "fr-en-dev")] == [2, 2]
+    for split, langs in (("en-de-dev", ("en", "de")), ("fr-en-dev", ("fr", "en"))):
+        assert all(it.id.startswith(f"{split}-") and (it.src_lang, it.tgt_lang) == langs and it.translation
+                   for it in plan[split])
+    others = [it for s, p in before.items() for it in p]
+    dev = plan["en-de-dev"] + plan["fr-en-dev"]
+    assert not {it.key for it in others} & {it.key for it in dev}
+    used, held_out = (
+        {" ".join(words(t)) for it in items for t in (it.text, it.translation) if t} for items in (others, dev)
+    )
+    assert not used & held_out
+    jobs = corpus_mod.make_jobs(cfg, plan, tmp_path, piper=False)
+    jobs_before = corpus_mod.make_jobs(without, before, tmp_path, piper=False)
+    assert {s: j for s, j in jobs.items() if s in before} == jobs_before
+    # the direction's voices: French for Fr→En, the training voices for En→De
+    assert all(j.voice in synth.FRENCH_ESPEAK for j in jobs["fr-en-dev"])
+    assert all(j.voice in (*synth.FLITE_VOICES, *synth.TRAIN_ESPEAK) for j in jobs["en-de-dev"])
+
+
+def test_adding_translation_validation_synthesises_only_it(built, tmp_path):
+    out, paths = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    new = build_corpus({**TINY, "ast_dev": 2}, copy, workers=2, pools=make_pools())
+    summary = json.loads((copy / "corpus.json").read_text())
+    assert summary["made_this_run"] == 4
+    assert summary["counts"]["en-de-dev"] == summary["counts"]["fr-en-dev"] == 2
+    assert list(new) == [s for s in SPLITS if s != "real"]
+    assert set(summary["oov"]["fr-en-dev"]) == {"source", "target"}
+    for split in paths:
+        assert [(r["id"], r["text"], r["speaker"]) for r in _rows(new[split])] == [
+            (r["id"], r["text"], r["speaker"]) for r in _rows(paths[split])
+        ]
+    for u in read_manifest(new["fr-en-dev"]):
+        assert (u.src_lang, u.tgt_lang) == ("fr", "en") and u.translation
+        assert u.speaker.startswith("espeak:fr")
+
+
+def test_translation_validation_only_beside_synthesised_training_speech():
+    """A direction read from a real corpus gets no synthetic validation split (its paths then fall back to
+    its training split), unless the profile names one under ``splits:``."""
+    external = {"reader": "manifest", "path": "en-de-train.jsonl"}
+    cfg = corpus_config({**TINY, "ast_dev": 2, "splits": {"en-de-train": external}})
+    plan = plan_texts(cfg, make_pools())
+    assert "en-de-dev" not in plan and len(plan["fr-en-dev"]) == 2
+    cfg = corpus_config({**TINY, "ast_dev": 2, "splits": {"en-de-train": external, "en-de-dev": external}})
+    assert cfg.splits["en-de-dev"] == external and "en-de-dev" not in plan_texts(cfg, make_pools())
+
+
+def test_ast_dev_is_validated():
+    for bad in (-1, 1.5, "8", None):
+        with pytest.raises(UserError, match=r"corpus.ast_dev must be a non-negative integer, got"):
+            corpus_config({**TINY, "ast_dev": bad})
 
 
 def test_missing_programs_are_named(monkeypatch):

@@ -9,7 +9,7 @@ import torch
 
 from slam_tiny import save_tiny_llm, save_tiny_whisper, write_manifest_dir
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.experiments import Settings, Study, task_splits
+from speechllm_redundancy.experiments import Settings, Study, task_splits, validation_split
 from speechllm_redundancy.healing import healing_config
 from speechllm_redundancy.paths import REPO_ROOT
 from speechllm_redundancy.training import lr_lambda
@@ -36,6 +36,20 @@ def test_task_splits_name_training_and_evaluation_splits():
     assert task_splits("ast-fr-en") == ("fr-en-train", ["fr-en-test"])
     with pytest.raises(UserError, match="unknown task 'mt'"):
         task_splits("mt")
+
+
+def test_paths_come_from_the_tasks_validation_split_where_the_corpus_has_one(tmp_path):
+    assert (validation_split("asr"), validation_split("ast-fr-en")) == ("dev", "fr-en-dev")
+    with pytest.raises(UserError, match="unknown task 'mt'"):
+        validation_split("mt")
+    names = ("train", "dev", "en-de-train", "en-de-test", "en-de-dev", "fr-en-train", "fr-en-test")
+    manifests = {s: tmp_path / f"{s}.jsonl" for s in names}
+    study = Study(Settings(), manifests=manifests)
+    assert [study.path_split(t) for t in ("asr", "ast-en-de")] == ["dev", "en-de-dev"]
+    assert study.path_split("ast-fr-en") == "fr-en-train"  # a corpus without one: the training split
+    assert Study(Settings(), manifests={"train": tmp_path}).path_split() == "train"
+    chosen = Study(Settings(path_split="en-de-test"), manifests=manifests)
+    assert chosen.path_split("ast-en-de") == "en-de-test"
 
 
 def test_a_missing_split_is_a_user_error_naming_the_splits_there_are(tmp_path):

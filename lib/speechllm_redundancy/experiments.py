@@ -49,7 +49,7 @@ class Settings:
     eval_limit: int | None = 100  # utterances decoded per evaluation set and pruning point
     max_new_tokens: int | None = None  # None: the decoder's default cap
     path_samples: int = 64  # utterances whose angles give a model's pruning path
-    path_split: str | None = None  # where they come from (None: the ASR validation split `dev`; see Study.path_split)
+    path_split: str | None = None  # where they come from (None: see Study.path_split)
     healing_steps: int = 300  # steps of each healing run
 
     @classmethod
@@ -110,6 +110,13 @@ def task_splits(task: str) -> tuple[str, list[str]]:
     raise UserError(f"unknown task {task!r}: use 'asr' or 'ast-<source>-<target>' (e.g. ast-en-de).")
 
 
+def validation_split(task: str) -> str:
+    """The validation split of a task (``dev``, ``<src>-<tgt>-dev``): inputs a model is neither trained nor
+    scored on, which a corpus may lack (the embedded one has translation validation only with ``ast_dev``)."""
+    train = task_splits(task)[0]
+    return "dev" if task == "asr" else train.removesuffix("-train") + "-dev"
+
+
 class Study:
     """One run's corpus and settings: its SLAM models, their pruning paths and walks, all cached on disk and
     shared between chapters through keys of their inputs."""
@@ -141,14 +148,15 @@ class Study:
         return [u.target(task) for u in read_manifest(self.split(name))[:limit]]
 
     def path_split(self, task: str = "asr") -> str:
-        """The split a model's pruning path is measured on ("task-representative inputs" the model was neither
-        trained nor scored on): ``settings.path_split`` if given; else, for ASR, the validation split ``dev``
-        (or ``train`` in a corpus without one); for translation, the direction's training split (the corpus
-        has no translation validation split)."""
+        """The split a model's pruning path is measured on ("task-representative inputs", in the paper a
+        validation set: ones the model was neither trained nor scored on): ``settings.path_split`` if given;
+        else the task's validation split (``dev``; ``<src>-<tgt>-dev`` for translation) where the corpus has
+        it; else, in a corpus without one, the task's training split (so the path then comes from utterances
+        the model may have trained on)."""
         if self.settings.path_split:
             return self.settings.path_split
-        if task == "asr" and "dev" in self.manifests:
-            return "dev"
+        if (dev := validation_split(task)) in self.manifests:
+            return dev
         return task_splits(task)[0]
 
     def path_sentences(self) -> list[str]:

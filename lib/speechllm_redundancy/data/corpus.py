@@ -8,10 +8,12 @@ train          English sentences (WEB verses + WordNet examples), training voice
 test-clean     held-out sentences, training voices, clean (LibriSpeech test-clean analogue)
 test-other     held-out sentences, training voices, noise 5–15 dB SNR, reverb, tempo change
 dev-ood        held-out sentences, voices never heard in training (Piper; held-out espeak accents)
-dev            held-out sentences, training voices, clean: validation (the pruning paths' inputs)
+dev            held-out sentences, training voices, clean: validation (the ASR pruning paths' inputs)
 real           LibriVox recordings from Debian's pocketsphinx-testdata
 en-de-train/-test  English speech of WEB verses → German Elberfelder text (CoVoST 2 analogue)
 fr-en-train/-test  French espeak-ng speech of Louis Segond verses → English WEB text
+en-de-dev      held-out pairs, the direction's voices, clean: translation validation (the AST pruning
+fr-en-dev      paths' inputs); ``ast_dev`` per direction, none by default
 =============  ==============================================================================
 
 No sentence (nor any Bible verse, in any language) is used by two splits. Test sentences are drawn at
@@ -50,7 +52,8 @@ from speechllm_redundancy.profiles import load_profile
 
 CORPUS_VERSION = 1  # bump when planning or synthesis changes what a given config produces
 ASR_TEST_SPLITS = ("test-clean", "test-other", "dev-ood")
-SPLITS = ("train", *ASR_TEST_SPLITS, "dev", "real", "en-de-train", "en-de-test", "fr-en-train", "fr-en-test")
+SPLITS = ("train", *ASR_TEST_SPLITS, "dev", "real", "en-de-train", "en-de-test", "en-de-dev", "fr-en-train",
+          "fr-en-test", "fr-en-dev")
 PRESETS = {
     "smoke": {"train": 48, "test": 8, "dev": 8, "ast_train": 16, "ast_test": 8},
     "default": {"train": 20000, "test": 200, "dev": 200, "ast_train": 5000, "ast_test": 200},
@@ -67,6 +70,9 @@ class CorpusConfig:
     dev: int = 200  # ASR validation utterances (held-out sentences, training voices): the pruning paths' inputs
     ast_train: int = 5000  # per translation direction
     ast_test: int = 200
+    # per direction: translation validation (held-out pairs, the direction's voices), the AST pruning paths'
+    # inputs. At 0 (the default) there is none: a corpus and its key are what they were before this setting
+    ast_dev: int = 0
     seed: int = 0
     max_oov: float = 0.02  # test words unseen in training, at most (the issue's target: 3 %)
     # of English utterances spoken by flite; the rest by espeak-ng, ~4× cheaper to synthesise but much harder for
@@ -108,7 +114,7 @@ def corpus_config(profile: str | os.PathLike | dict | CorpusConfig | None = "def
     if unknown:
         raise UserError(f"unknown corpus setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     cfg = CorpusConfig(**{**PRESETS[size], **raw})
-    for key in ("train", "test", "dev", "ast_train", "ast_test"):
+    for key in ("train", "test", "dev", "ast_train", "ast_test", "ast_dev"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
             raise UserError(f"corpus.{key} must be a non-negative integer, got {getattr(cfg, key)!r}")
     for key in ("flite_share", "piper_share", "train_other_share"):
@@ -168,7 +174,7 @@ def _expand_real_corpora(raw: dict) -> dict:
 
 # settings added after corpora were first built: in the key (and folder name) only when not at their default,
 # so that a corpus built before a setting existed keeps its key and folder
-KEYED_WHEN_SET = ("train_other_share",)
+KEYED_WHEN_SET = ("train_other_share", "ast_dev")
 
 
 def keyed_config(cfg: CorpusConfig) -> dict:
@@ -331,6 +337,15 @@ def plan_texts(cfg: CorpusConfig, pools: TextPools) -> dict[str, list[Item]]:
     if "dev" in want:
         rows = _take_low_oov(pools.english, cfg.dev, rng, claims, [train_vocab], cfg.max_oov)
         plan["dev"] = [Item(i, k, t) for i, (k, t) in zip(ids("dev", rows), rows)]
+    # translation validation after it, for the same reason; only beside a synthesised training split (a
+    # direction read from a real corpus has its validation split from there, or none)
+    for pair, pool in (("en-de", pools.en_de), ("fr-en", pools.fr_en)):
+        split, src, tgt = f"{pair}-dev", *pair.split("-")
+        if cfg.ast_dev and split in want and f"{pair}-train" in plan:
+            tr = plan[f"{pair}-train"]
+            vocabs = [_vocab(it.text for it in tr), _vocab(it.translation for it in tr)]
+            rows = _take_low_oov(pool, cfg.ast_dev, rng, claims, vocabs, cfg.max_oov)
+            plan[split] = [Item(i, k, s, src, tgt, t) for i, (k, s, t) in zip(ids(split, rows), rows)]
     return plan
 
 
@@ -510,12 +525,13 @@ def summarize(manifests: dict[str, list[Utterance]]) -> dict:
         if split in manifests and train_vocab:
             oov[split] = oov_rate((u.text for u in manifests[split]), train_vocab)
     for pair in ("en-de", "fr-en"):
-        tr, te = manifests.get(f"{pair}-train"), manifests.get(f"{pair}-test")
-        if tr and te:
-            oov[f"{pair}-test"] = {
-                "source": oov_rate((u.text for u in te), _vocab(u.text for u in tr)),
-                "target": oov_rate((u.translation for u in te), _vocab(u.translation for u in tr)),
-            }
+        tr = manifests.get(f"{pair}-train")
+        for split in (f"{pair}-test", f"{pair}-dev"):
+            if tr and (te := manifests.get(split)):
+                oov[split] = {
+                    "source": oov_rate((u.text for u in te), _vocab(u.text for u in tr)),
+                    "target": oov_rate((u.translation for u in te), _vocab(u.translation for u in tr)),
+                }
     return {
         "splits": list(manifests),
         "counts": {s: len(u) for s, u in manifests.items()},
