@@ -330,6 +330,8 @@ def test_paper_profile_shorthand_reads_real_corpora(tmp_path):
     assert cfg.splits["dev-ood"] == {"reader": "loquacious", "root": "/data/loq", "split": "dev"}
     assert cfg.splits["dev"] == {"reader": "librispeech", "root": "/data/LS", "subsets": "dev-clean"}
     assert cfg.splits["fr-en-test"]["tsv"] == "/data/covost/covost_v2.fr_en.tsv"
+    assert cfg.splits["en-de-dev"] == {  # the translation paths' inputs, as `dev` is for ASR
+        "reader": "covost2", "tsv": "/data/covost/covost_v2.en_de.tsv", "clips_dir": "/cv/en/clips", "split": "dev"}
     assert cfg.splits["test-other"]["reader"] == "manifest"  # explicit splits win
     with pytest.raises(UserError, match="common_voice_fr"):
         corpus_config({"covost2": "/data/covost", "common_voice_en": "/cv/en/clips"})

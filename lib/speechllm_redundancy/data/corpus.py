@@ -137,7 +137,8 @@ def _expand_real_corpora(raw: dict) -> dict:
     ``librispeech: ROOT`` → train (the 960 h: ``librispeech_train`` overrides the subsets), test-clean,
     test-other; ``loquacious: ROOT`` → dev-ood (its dev partition, as in the paper: its test set contains
     LibriSpeech's); ``covost2: DIR`` with ``common_voice_en`` / ``common_voice_fr`` (clips folders) →
-    the En→De and Fr→En train/test splits. Splits named in ``splits:`` win.
+    the En→De and Fr→En train/dev/test splits (dev: the translation paths' inputs). Splits named in
+    ``splits:`` win.
     """
     raw = dict(raw)
     splits = dict(raw.pop("splits", None) or {})
@@ -160,7 +161,7 @@ def _expand_real_corpora(raw: dict) -> dict:
                 raise UserError(
                     f"corpus.covost2 is set but corpus.common_voice_{src} (the Common Voice {src} clips folder) is not"
                 )
-            for split in ("train", "test"):
+            for split in ("train", "dev", "test"):
                 specs[f"{src}-{tgt}-{split}"] = {
                     "reader": "covost2",
                     "tsv": str(Path(covost) / f"covost_v2.{src}_{tgt}.tsv"),
