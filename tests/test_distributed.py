@@ -2,10 +2,12 @@
 
 Each test runs `accelerate launch --multi_gpu --num_processes 2 …`, the command book/paper_scale.md gives
 for GPUs (without CUDA the two processes meet over gloo on this CPU), and compares its output with the
-same work done in one process here. This file is also the healing run's script (`python
-test_distributed.py heal OUT`).
+same work done in one process here; the FSDP tests launch with `--config_file profiles/accelerate/fsdp-*.yaml`
+instead (the decoder sharded across the processes). This file is also the script of the healing and FSDP
+launches (`python test_distributed.py heal|fsdp OUT …`).
 """
 
+import functools
 import json
 import os
 import socket
@@ -20,6 +22,7 @@ import torch.distributed as dist
 torch.set_num_threads(2)
 HERE = Path(__file__).resolve().parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
+LAUNCH_CONFIGS = HERE.parent / "profiles" / "accelerate"
 TEXTS = ("a cat sat", "the dog sat on the mat", "one bird and two dogs fly", "fish", "cat dog bird",
          "birds fly over")
 DURATIONS = (0.7, 1.3, 2.2, 0.4, 1.9, 1.1)
@@ -47,14 +50,16 @@ def _artifacts(tiny, monkeypatch):
     monkeypatch.setenv("SPEECHLLM_ARTIFACTS", tiny["artifacts"])
 
 
-def launch(args: list[str], artifacts: str) -> str:
-    """Run ``accelerate launch --multi_gpu --num_processes 2 ARGS`` to completion; returns its stdout."""
+def launch(args: list[str], artifacts: str, config: Path | None = None) -> str:
+    """Run ``accelerate launch --multi_gpu --num_processes 2 ARGS`` (with ``config``: ``accelerate launch
+    --config_file CONFIG --num_processes 2 ARGS``) to completion; returns its stdout."""
     with socket.socket() as s:  # a free port for the processes' rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "SPEECHLLM_ARTIFACTS": artifacts, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *args]
+    how = (["--config_file", str(config)] if config else
+           ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
+    cmd = [str(ACCELERATE), "launch", *how, "--num_processes", "2", "--main_process_port", str(port), *args]
     run = subprocess.run(cmd, env=env, cwd=HERE, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     return run.stdout
@@ -200,16 +205,24 @@ def test_two_processes_decode_what_one_process_decodes_in_the_same_order(tiny, t
     assert two == one
 
 
-def heal_run(out: Path) -> None:
+def heal_run(out: Path, stop_after: int | None = None):
     """Heal a tiny SLAM model ("both": receiving-layer LoRA and projector; dropout off, as it is drawn per
-    process) on the toy data, in batches of 5 that split 3 + 2, with SpecAugment."""
+    process) on the toy data, in batches of 5 that split 3 + 2, with SpecAugment; ``stop_after``: interrupt
+    it after that many steps (``training.TrainingInterrupted``), its checkpoint of step 2 written. Returns
+    the healed model."""
     from test_training import make, toy_data
+    from speechllm_redundancy import training
     from speechllm_redundancy.healing import heal
-    from speechllm_redundancy.training import TrainConfig
 
-    cfg = TrainConfig(steps=3, batch_size=5, grad_accum=2, lr=5e-3, warmup_steps=1, time_masks=2,
-                      time_mask_width=4, mixed_precision="no", checkpoint_every=2)
-    heal(make(), 1, 1, "both", toy_data(), cfg, out, lora={"dropout": 0.0}, progress=False)
+    cfg = training.TrainConfig(steps=3, batch_size=5, grad_accum=2, lr=5e-3, warmup_steps=1, time_masks=2,
+                               time_mask_width=4, mixed_precision="no", checkpoint_every=2)
+    loop = training.train
+    if stop_after is not None:  # heal() takes the loop from the module when it runs
+        training.train = functools.partial(loop, stop_after=stop_after)
+    try:
+        return heal(make(), 1, 1, "both", toy_data(), cfg, out, lora={"dropout": 0.0}, progress=False)[0]
+    finally:
+        training.train = loop
 
 
 def test_two_processes_heal_what_one_process_heals(tiny, tmp_path):
@@ -219,9 +232,143 @@ def test_two_processes_heal_what_one_process_heals(tiny, tmp_path):
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
 
 
-if __name__ == "__main__":  # a process of `accelerate launch test_distributed.py heal OUT`
+# -- FSDP: the decoder sharded across the processes (profiles/accelerate/fsdp-*.yaml) ------------------------
+FSDP_CONFIGS = {"fsdp-qwen2.yaml": ("qwen2", "Qwen2DecoderLayer"), "fsdp-llama.yaml": ("llama", "LlamaDecoderLayer")}
+
+
+@pytest.mark.parametrize("name", sorted(FSDP_CONFIGS))
+def test_fsdp_configurations_say_what_accelerate_needs_to_shard_the_paper_decoders(name, monkeypatch):
+    """Each configuration as `accelerate launch --config_file` reads it (accelerate's own loader and launcher):
+    FSDP2 over the GPUs of one machine in bf16, each decoder layer of its family a shard group (the class is
+    transformers' own, and accelerate's wrap policy finds it in a model of that family), every fsdp key one the
+    launcher knows (it drops a misspelt one silently), the decoder loaded by every process."""
+    import transformers
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    family, layer = FSDP_CONFIGS[name]
+    path = LAUNCH_CONFIGS / name
+    config = load_config_from_file(str(path))
+    assert config.distributed_type == DistributedType.FSDP and config.mixed_precision == "bf16"
+    assert not config.use_cpu and config.num_machines == 1 and config.num_processes == 2
+    parser = launch_command_parser()
+    assert set(config.fsdp_config) <= {a.dest for a in parser._actions}
+    args, _, _ = _validate_launch_command(parser.parse_args(["--config_file", str(path), "train.py"]))
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    assert env["FSDP_VERSION"] == "2"  # version 1 flattens the weights (the loop refuses it), and needs a GPU here
+    for key, value in env.items():  # the processes' environment, from which the Accelerator builds its plugin
+        if key.startswith(("ACCELERATE_", "FSDP_")):
+            monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    assert not (plugin.cpu_ram_efficient_loading or plugin.activation_checkpointing)
+    assert not plugin.cpu_offload.__dict__  # OffloadPolicy(): parameters stay on the GPUs
+    assert plugin.transformer_cls_names_to_wrap == [layer]
+    modeling = getattr(getattr(transformers.models, family), f"modeling_{family}")
+    config = transformers.AutoConfig.for_model(family, vocab_size=32, hidden_size=16, intermediate_size=32,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    plugin.set_auto_wrap_policy(transformers.AutoModelForCausalLM.from_config(config))
+    assert plugin.auto_wrap_policy.keywords["transformer_layer_cls"] == {getattr(modeling, layer)}
+
+
+@pytest.mark.parametrize("engine, fsdp2, settings, refused", [
+    ("DEEPSPEED", False, {}, "DeepSpeed is not supported"), ("FSDP", False, {}, "set fsdp_version: 2"),
+    ("FSDP", True, {"ctc_warmup_steps": 2}, "CTC warm start"), ("FSDP", True, {"ctc_weight": 0.1}, "CTC warm start"),
+    ("FSDP", True, {"evaluate": True}, "--eval"), ("FSDP", True, {}, None),
+    ("MULTI_CPU", False, {"ctc_warmup_steps": 2, "evaluate": True}, None)])
+def test_the_loop_refuses_what_it_cannot_run_as_launched(engine, fsdp2, settings, refused):
+    """Before its first step, with a message that says what to do instead: DeepSpeed, FSDP version 1, and under
+    FSDP the CTC warm start and decoding as it trains (no process holds a whole model between steps)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from speechllm_redundancy.errors import UserError
+    from speechllm_redundancy.training import TrainConfig, _check_engine, _Hooks
+
+    accelerator = SimpleNamespace(distributed_type=DistributedType[engine], is_fsdp2=fsdp2)
+    settings = dict(settings)
+    hooks = _Hooks(settings.pop("evaluate", False) and (lambda model: {}), 0, None, progress=False, stop_after=None)
+    if refused is None:
+        _check_engine(accelerator, TrainConfig(**settings), hooks)
+    else:
+        with pytest.raises(UserError, match=refused):
+            _check_engine(accelerator, TrainConfig(**settings), hooks)
+
+
+def fsdp_train_args(tiny) -> list[str]:
+    """``train_args`` without what the loop refuses under FSDP (the CTC warm start, decoding as it trains)."""
+    return ["slam", "train", "--encoder", tiny["whisper"], "--llm", tiny["smooth_llm"], "--train", tiny["manifest"],
+            "--k", "2", "--steps", "3", "--batch-size", "3", "--grad-accum", "2", "--lr", "1e-2", "--warmup-steps",
+            "1", "--prompt-vectors", "2", "--time-masks", "2", "--time-mask-width", "20", "--mixed-precision", "no",
+            "--bucket", "0"]
+
+
+def test_fsdp_processes_train_heal_and_resume_what_one_process_does(tiny, tmp_path):
+    """One launch with profiles/accelerate/fsdp-llama.yaml (the tiny decoder is a Llama) runs `slam train`, then
+    a healing run (LoRA in a frozen decoder layer, and the projector) interrupted after its checkpoint and
+    resumed, each process holding half of every weight (``fsdp_run`` checks). The saved models equal one
+    process's, and so does the checkpoint's optimiser state, saved whole."""
+    from speechllm_redundancy.cli import main
+
+    launch([str(Path(__file__).resolve()), "fsdp", str(tmp_path / "two"), *fsdp_train_args(tiny)],
+           tiny["artifacts"], config=LAUNCH_CONFIGS / "fsdp-llama.yaml")
+    assert main([*fsdp_train_args(tiny), "--out", str(tmp_path / "one")]) == 0
+    one, two = tmp_path / "one", tmp_path / "two" / "train"
+    assert_same_weights(one / "final", two / "final")
+    history = [json.loads((run / "result.json").read_text())["history"] for run in (one, two)]
+    torch.testing.assert_close([h["loss"] for h in history[1]], [h["loss"] for h in history[0]], rtol=1e-5, atol=0)
+    saved = [torch.load(run / "checkpoint" / "state.pt", weights_only=True)["optimizer"] for run in (one, two)]
+    assert saved[1]["param_groups"] == saved[0]["param_groups"]
+    torch.testing.assert_close(saved[1]["state"], saved[0]["state"], rtol=1e-4, atol=1e-9)
+    heal_run(tmp_path / "heal")
+    assert_same_weights(tmp_path / "heal" / "final", tmp_path / "two" / "heal" / "final")
+
+
+def allow_fsdp_on_cpu() -> None:
+    """accelerate turns FSDP on for accelerator devices only: CPU processes launched with an FSDP configuration
+    train in plain data parallel. This sets the launch's distributed type to FSDP after accelerate's set-up,
+    where the device decides it; what follows is accelerate's and torch's own FSDP2 (``fully_shard`` of
+    each decoder layer and of the model, over gloo instead of NCCL) and the loop's gathering and saving."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    init = AcceleratorState.__init__
+
+    def init_fsdp(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    AcceleratorState.__init__ = init_fsdp
+
+
+def fsdp_run(out: Path, train_args: list[str]) -> None:
+    """A process of the FSDP launch: ``slam train ARGS`` into OUT/train, then ``heal_run`` into OUT/heal,
+    stopped after 2 steps and resumed."""
+    from torch.distributed.tensor import DTensor
+
+    from speechllm_redundancy.cli import main
+    from speechllm_redundancy.training import TrainingInterrupted
+
+    allow_fsdp_on_cpu()
+    assert main([*train_args, "--out", str(out / "train")]) == 0
+    with pytest.raises(TrainingInterrupted):
+        heal_run(out / "heal", stop_after=2)
+    healed = heal_run(out / "heal")
+    assert all(isinstance(p, DTensor) for p in healed.parameters())  # it trained sharded: half of each here
+
+
+if __name__ == "__main__":  # a process of `accelerate launch test_distributed.py heal|fsdp OUT [ARGS…]`
     import test_training  # noqa: F401  (sets two threads when imported)
 
-    assert sys.argv[1:2] == ["heal"], sys.argv
+    assert sys.argv[1:2] in (["heal"], ["fsdp"]), sys.argv
     torch.set_num_threads(1)  # one per process, as the launcher asks (OMP_NUM_THREADS)
-    heal_run(Path(sys.argv[2]))
+    if sys.argv[1] == "heal":
+        heal_run(Path(sys.argv[2]))
+    else:
+        fsdp_run(Path(sys.argv[2]), sys.argv[3:])

@@ -561,14 +561,16 @@ class SlamModel(nn.Module):
         return OUTPUT_RATIO.get(prompt, DEFAULT_OUTPUT_RATIO)
 
     # -- persistence --------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the trained model in the ecosystem's layout: ``config.json`` (the SlamConfig, the LLM and
         encoder referenced by name and weights hash, never copied), ``model.safetensors`` (the input side:
         projector, CTC head, soft prompt) and, with LoRA, peft's own adapter folder ``adapters/``
         (``PeftModel.save_pretrained``: ``adapter_config.json`` + ``adapter_model.safetensors``, an adapter
         other than ``default`` in ``adapters/<name>/``). Written atomically and sealed (checksums.json: each
         file's size and sha256, checked on load); an existing directory is replaced only if it is itself a
-        saved SLAM model."""
+        saved SLAM model. ``state``: the tensors to write, by ``state_dict()`` name (at least the input side and
+        the adapters'), when this model's own are not whole (the shards of an FSDP launch, gathered by
+        ``training``); default: ``self.state_dict()``."""
         from safetensors.torch import save_file
 
         from speechllm_redundancy.cache import atomic_path
@@ -580,18 +582,18 @@ class SlamModel(nn.Module):
         record = {**asdict(self.config), "slam_format": FORMAT_VERSION, "adapters": adapters,
                   "llm_fingerprint": _safe_fingerprint(self.config.llm),
                   "encoder_fingerprint": _safe_fingerprint(self.config.encoder)}
+        # peft picks each adapter's tensors out of the decoder's state (by default its own)
+        peft_state = {} if state is None else {"state_dict": {k.removeprefix("llm."): v for k, v in state.items()
+                                                              if k.startswith("llm.")}}
+        state = self.state_dict() if state is None else state
         with atomic_path(directory, seal=True) as tmp:
             tmp.mkdir()
             (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-            save_file({k: v.detach().cpu().contiguous() for k, v in self._input_side_state().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in _input_side(state).items()},
                       str(tmp / WEIGHTS_FILE))
             if adapters:
-                self.llm.save_pretrained(tmp / ADAPTERS_DIR)
+                self.llm.save_pretrained(tmp / ADAPTERS_DIR, **peft_state)
         return directory
-
-    def _input_side_state(self) -> dict[str, torch.Tensor]:
-        """Every tensor of the model but the LLM's: what training adds in front of the decoder."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("llm.")}
 
     def load_weights(self, directory: str | os.PathLike, adapters: bool = True) -> None:
         """Load a saved model's projector, CTC head, soft prompt and (with ``adapters``) LoRA weights into
@@ -655,6 +657,11 @@ class SlamModel(nn.Module):
         if device:
             model.to(device)
         return model
+
+
+def _input_side(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor of a SlamModel's ``state_dict()`` but the LLM's: what training adds in front of the decoder."""
+    return {k: v for k, v in state.items() if not k.startswith("llm.")}
 
 
 def is_saved_slam(directory: str | os.PathLike) -> bool:

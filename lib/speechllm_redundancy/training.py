@@ -11,6 +11,9 @@ the *batch's* mean (``_mean_part``: its token losses over the token count of all
 processes take the step one process takes with the same batch, up to float rounding. SpecAugment masks
 are drawn for the whole batch by every process, so they match too. Dropout masks do not (each process
 draws them for its own examples): with dropout, N processes train an equally valid but different model.
+Launched with an FSDP configuration (profiles/accelerate/fsdp-*.yaml) each process holds a shard of every
+weight instead (FSDP2); the steps are the same, checkpoints and the final model are gathered whole, and what
+needs a whole model between steps is refused before the first one (``_check_engine``).
 
 Exact resume: the examples of step s and every random draw in it (SpecAugment masks, dropout) are
 derived from (seed, phase, s) alone, so a run stopped after k steps and resumed from its checkpoint
@@ -301,6 +304,8 @@ def train(model, data: TrainData, cfg: TrainConfig, out_dir: str | os.PathLike,
     precision = resolve_mixed_precision(cfg.mixed_precision, "cpu" if device_cpu else "cuda")
     _allow_precision(precision)
     accelerator = Accelerator(cpu=device_cpu, mixed_precision=precision)
+    if _sharded(accelerator) and precision == "bf16":
+        _shard_precision(accelerator)
     hooks = _Hooks(evaluate, eval_every, evaluate_ctc, progress and accelerator.is_main_process, stop_after)
     # Under `accelerate launch` only the main process takes the lock (the processes of one run must not
     # exclude each other); the others wait at the barrier, so all decide (hit, resume, fresh) on one state.
@@ -320,6 +325,7 @@ def _train(accelerator, model, data: TrainData, cfg: TrainConfig, out_dir: Path,
         return _cached_result(model, out_dir, run_key)
     if len(data) == 0:
         raise UserError("no training examples: check the manifest and the task.")
+    _check_engine(accelerator, cfg, hooks)
     run = _RunState.resume(out_dir / "checkpoint", run_key)
     for index, (name, n_steps) in enumerate([("ctc", cfg.ctc_warmup_steps), ("slam", cfg.steps)]):
         if n_steps <= 0 or run.out_of_time:
@@ -366,6 +372,48 @@ def _allow_precision(precision: str) -> None:
     state = AcceleratorState()
     if state.num_processes == 1 and str(state.mixed_precision) != precision:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _sharded(accelerator) -> bool:
+    """Whether the launch shards the model across its processes (FSDP: ``--config_file
+    profiles/accelerate/fsdp-*.yaml``): each process then holds a part of every parameter, as a DTensor."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _shard_precision(accelerator) -> None:
+    """bf16 under FSDP as under plain data parallel with autocast: the decoder's weights are gathered and
+    multiplied in bf16, while gradients are averaged across processes and the loss returned in float32
+    (accelerate's default policy for a bf16 launch reduces and returns in bf16; a launch configuration
+    cannot say otherwise). The trained weights and AdamW keep float32 copies either way."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def _check_engine(accelerator, cfg: TrainConfig, hooks: "_Hooks") -> None:
+    """Refuse, before the first step, what this loop cannot run the way the launch distributes it. Under FSDP
+    no process holds a whole model between steps: decoding during training (each process its own
+    utterances, a different number of decoder calls in each) would leave the processes waiting for each
+    other, and the CTC warm start trains a second module over the projector, which FSDP cannot shard twice."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise UserError("DeepSpeed is not supported by this training loop: launch with --multi_gpu (a whole model per "
+                        "GPU) or with --config_file profiles/accelerate/fsdp-qwen2.yaml or fsdp-llama.yaml (FSDP2).")
+    if not _sharded(accelerator):
+        return
+    if not accelerator.is_fsdp2:
+        raise UserError("FSDP version 1 flattens the decoder's weights into shards this loop's checkpoints cannot "
+                        "read: set fsdp_version: 2 in the launch configuration (as profiles/accelerate/fsdp-*.yaml do).")
+    if cfg.ctc_warmup_steps or cfg.ctc_weight:
+        raise UserError("the CTC warm start (ctc_warmup_steps, ctc_weight: the cpu recipe) does not run under FSDP: "
+                        "train it in plain data parallel (--multi_gpu), or use the paper recipe.")
+    if hooks.evaluate or hooks.evaluate_ctc:
+        raise UserError("evaluation during training (--eval) does not run under FSDP: train without it, then score "
+                        "the final model with `slam evaluate` (each process decodes with a whole model).")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -422,10 +470,16 @@ def _set_up_phase(accelerator, model, examples: list[Example], cfg: TrainConfig,
     optimizer = torch.optim.AdamW(_param_groups(model, params, cfg.prompt_lr), lr=lr,
                                   betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(cfg.warmup_steps, n_steps), n_steps))
-    if checkpoint is not None:
+    sharded = _sharded(accelerator)
+    if checkpoint is not None and not sharded:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
     wrapped, optimizer = accelerator.prepare(module, optimizer)
+    # under FSDP the model's parameters are now their shards (DTensors), in the optimiser too
+    params = [q for group in optimizer.param_groups for q in group["params"]]
+    if checkpoint is not None and sharded:
+        optimizer.load_state_dict(_sharded_state(checkpoint["optimizer"], params))
+        scheduler.load_state_dict(checkpoint["scheduler"])
     plan = BatchPlan(lengths, batch_size, cfg.seed, index, cfg.bucket)
     return _Phase(name, index, examples, module, wrapped, params, optimizer, scheduler, plan, targets, aux,
                   cfg.ctc_weight)
@@ -602,13 +656,15 @@ class _RunState:
 
 
 def _save_checkpoint(accelerator, run: _RunState, model, phase: _Phase) -> None:
-    """What resuming ``phase`` needs: the trained parameters, the optimiser and schedule, the run's state."""
+    """What resuming ``phase`` needs: the trained parameters, the optimiser and schedule, the run's state.
+    Every process takes part (under FSDP each tensor is gathered whole from their shards); the first writes it."""
     accelerator.wait_for_everyone()
+    params, optimizer = _model_state(model), _whole(phase.optimizer.state_dict())
     if not accelerator.is_main_process:
         return
     state = {
-        "run_key": run.key, "phase": phase.name, "params": _model_state(model),
-        "optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict(),
+        "run_key": run.key, "phase": phase.name, "params": params,
+        "optimizer": optimizer, "scheduler": phase.scheduler.state_dict(),
         "history": _plain(run.history), "elapsed": float(run.elapsed), "steps": _plain(run.steps),
     }
     with atomic_path(run.ckpt_dir, seal=True) as tmp:
@@ -617,10 +673,39 @@ def _save_checkpoint(accelerator, run: _RunState, model, phase: _Phase) -> None:
 
 
 def _model_state(model) -> dict[str, torch.Tensor]:
-    """What training changes: trainable parameters plus the projector and CTC head (trainable or not)."""
+    """What training changes: trainable parameters plus the projector and CTC head (trainable or not), whole
+    (under FSDP: gathered, so every process must call this)."""
     trainable = {n for n, q in model.named_parameters() if q.requires_grad}
-    return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()
+    return {n: _whole(v).detach().cpu().clone() for n, v in model.state_dict().items()
             if n in trainable or n.startswith(("projector.", "ctc."))}
+
+
+def _whole(value):
+    """``value`` (a tensor, or dicts and lists of them) with each FSDP shard (DTensor) gathered into the whole
+    tensor. A collective under FSDP: every process calls it, on the same structure."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor):
+        return value.full_tensor()
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_whole(v) for v in value)
+    return value
+
+
+def _sharded_state(state: dict, params: list) -> dict:
+    """An optimiser state saved whole (``_whole``) laid out again as ``params`` are: each per-parameter tensor
+    of a sharded parameter becomes this process's shard of it (a collective, like ``_whole``)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    def shard(value, param):
+        if isinstance(param, DTensor) and torch.is_tensor(value) and value.shape == param.shape:
+            return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+        return value
+
+    return {**state, "state": {i: {k: shard(v, params[int(i)]) for k, v in s.items()}
+                               for i, s in state["state"].items()}}
 
 
 def _restore_params(model, state: dict) -> None:
@@ -668,9 +753,13 @@ def _load_checkpoint(ckpt_dir: Path, run_key: str) -> dict:
 def _save_final(accelerator, model, cfg: TrainConfig, out_dir: Path, run: _RunState) -> TrainResult:
     """The final model and result.json: the cache entry the next call with these settings hits."""
     model.eval()
+    given = {}
+    if _sharded(accelerator):  # what save_pretrained writes (input side, adapters), gathered by every process
+        given["state"] = {n: _whole(v) for n, v in model.state_dict().items()
+                          if not n.startswith("llm.") or "lora_" in n}
     if accelerator.is_main_process:
         if hasattr(model, "save_pretrained"):
-            accelerator.unwrap_model(model).save_pretrained(out_dir / "final")
+            accelerator.unwrap_model(model).save_pretrained(out_dir / "final", **given)
         atomic_write_json(out_dir / "result.json", {"run_key": run.key, "history": run.history,
                                                     "minutes": run.elapsed / 60, "steps": run.steps,
                                                     "config": asdict(cfg)}, seal=True)
