@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.healing import heal, prepare_healing, prune_slam, receiving_mlp_modules
+from speechllm_redundancy.healing import (heal, prepare_healing, prune_slam, receiving_mlp_modules,
+                                          trains_something)
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.training import TrainConfig
 from test_training import make, toy_data
@@ -83,3 +84,17 @@ def test_healing_both_lowers_the_loss_and_is_cached(tmp_path):
 def test_no_healing_trains_nothing(tmp_path):
     healed, result = heal(make(init=0.3), 0, 2, "none", toy_data(), TrainConfig(steps=5), tmp_path / "h")
     assert result is None and num_decoder_layers(healed.llm) == 1
+
+
+def test_trains_something_says_what_prepare_healing_unfreezes():
+    """The walks decide from ``trains_something`` alone, before building a model, whether a point is strategy
+    none's: it must agree with what ``prepare_healing`` unfreezes for every block of the decoder."""
+    slam, cfg = make(init=0.3), TrainConfig(steps=2)
+    for strategy in ("none", "decoder", "projector", "both"):
+        for start, size in ((0, 1), (1, 1), (2, 1), (0, 2), (1, 2)):
+            pruned = prune_slam(slam, start, size)
+            prepare_healing(pruned, strategy, start)
+            expected = bool(trainable(pruned))
+            assert trains_something(strategy, start, size, 3, cfg) == expected, (strategy, start, size)
+            assert not trains_something(strategy, start, size, 3, TrainConfig(steps=0))
+    assert not trains_something("both", 0, 0, 3, cfg)

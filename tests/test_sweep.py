@@ -146,3 +146,22 @@ def test_walks_that_evaluate_differently_share_their_healing_runs(tmp_path):
     points = [p for p in tmp_path.iterdir() if p.name.startswith("point-n1-both")]
     assert len(heal_runs) == 1 and len(points) == 2
     assert heal_runs[0] == healing_dir(tmp_path, "model", 1, 1, "both", cfg, data)
+
+
+def test_a_point_with_nothing_to_heal_reuses_the_unhealed_scores(tmp_path):
+    """Decoder healing of a block that ends at the last layer (no receiving layer), or healing of no steps,
+    leaves the pruned model as it is: the walk reads strategy none's point instead of decoding it again."""
+    slam, score = make(init=0.3), LayerCountScore()
+    path = {1: 2, 2: 0}  # n = 1 removes the last of 3 layers; n = 2 removes layers 0–1 (layer 2 receives)
+    unhealed = walk_path(slam, path, [1, 2], ["a", "b"], score, tmp_path, progress=False)
+    assert len(score.calls) == 6  # n = 0, 1, 2 on both sets
+    cfg = TrainConfig(steps=2, batch_size=8, lr=5e-3, warmup_steps=1, checkpoint_every=100)
+    healed = walk_path(slam, path, [1, 2], ["a", "b"], score, tmp_path, strategy="decoder",
+                       heal_data=toy_data(), heal_config=cfg, progress=False)
+    assert len(score.calls) == 8  # only n = 2 had a receiving layer to heal
+    assert healed[healed.n == 1].score.tolist() == unhealed[unhealed.n == 1].score.tolist()
+    assert not any(p.name.startswith(("point-n1-decoder", "heal-n1")) for p in tmp_path.iterdir())
+    idle = TrainConfig(steps=0, batch_size=8, lr=5e-3, warmup_steps=1, checkpoint_every=100)
+    walk_path(slam, path, [1, 2], ["a", "b"], score, tmp_path, strategy="both", heal_data=toy_data(),
+              heal_config=idle, progress=False)
+    assert len(score.calls) == 8  # no steps: nothing healed at any level

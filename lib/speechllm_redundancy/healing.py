@@ -15,10 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.layers import decoder_layers
+from speechllm_redundancy.layers import decoder_layers, num_decoder_layers
 from speechllm_redundancy.pruning import prune_block, receiving_layer
 
 STRATEGIES = ("none", "decoder", "projector", "both")
+INPUT_SIDE = ("projector", "both")  # strategies that train the projector (and a trained soft prompt)
+DECODER_SIDE = ("decoder", "both")  # strategies that add LoRA on the receiving layer's MLP
 # LoRA settings for the receiving layer (the paper's numbers were lost in extraction: peft-typical values)
 HEALING_LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -40,6 +42,23 @@ def check_strategy(strategy: str) -> str:
     if strategy not in STRATEGIES:
         raise UserError(f"unknown healing strategy {strategy!r}: use one of {', '.join(STRATEGIES)}.")
     return strategy
+
+
+def heals_decoder(strategy: str, receiving: int, layers: int) -> bool:
+    """Whether ``strategy`` adds the receiving layer's LoRA in a pruned decoder of ``layers`` layers: a block
+    that ended at the last layer left no receiving layer (the final norm reads its input)."""
+    return strategy in DECODER_SIDE and receiving < layers
+
+
+def trains_something(strategy: str, start: int, size: int, num_layers: int, train_config) -> bool:
+    """Whether healing block (start, size) of a ``num_layers``-layer decoder with ``strategy`` trains
+    anything. When it does not (strategy none, no block, no steps, decoder healing of a block that ends at
+    the last layer), the healed model *is* the pruned one, strategy none's: a walk scores that point once
+    (``sweep.walk_path``) instead of decoding the same model again under each strategy's name."""
+    check_strategy(strategy)
+    if strategy == "none" or size == 0 or train_config.steps < 1:
+        return False
+    return strategy in INPUT_SIDE or heals_decoder(strategy, receiving_layer(start), num_layers - size)
 
 
 def prune_slam(slam, start: int, size: int):
@@ -74,12 +93,12 @@ def prepare_healing(slam, strategy: str, receiving: int, lora: dict | None = Non
 
     check_strategy(strategy)
     slam.requires_grad_(False)
-    if strategy in ("decoder", "both") and receiving < len(decoder_layers(slam.llm)):
+    if heals_decoder(strategy, receiving, len(decoder_layers(slam.llm))):
         spec = {**HEALING_LORA, **(lora or {})}
         config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
                             target_modules=receiving_mlp_modules(slam.llm, receiving), bias="none")
         slam.llm = get_peft_model(slam.llm, config, adapter_name="healing")
-    if strategy in ("projector", "both"):  # the input side: the projector and any trained soft prompt
+    if strategy in INPUT_SIDE:  # the input side: the projector and any trained soft prompt
         slam.projector.requires_grad_(True)
         if getattr(slam, "soft_prompt", None) is not None:
             slam.soft_prompt.requires_grad_(True)
@@ -89,19 +108,18 @@ def heal(slam, start: int, size: int, strategy: str, data, train_config, out_dir
          lora: dict | None = None, progress: bool = True):
     """Prune block (start, size) from a trained SLAM model and heal it with ``strategy``.
 
-    Returns ``(healed_model, TrainResult | None)``; ``none`` trains nothing. ``out_dir`` caches the run
-    (a finished one is loaded, an interrupted one resumes).
+    Returns ``(healed_model, TrainResult | None)``; a point with nothing to train (``trains_something``:
+    ``none``, for one) returns the pruned model and None. ``out_dir`` caches the run (a finished one is
+    loaded, an interrupted one resumes).
     """
     from speechllm_redundancy.training import train
 
-    check_strategy(strategy)
+    trains = trains_something(strategy, start, size, num_decoder_layers(slam.llm), train_config)
     pruned = prune_slam(slam, start, size)
-    if strategy == "none" or size == 0:
+    if not trains:
         pruned.requires_grad_(False)
         return pruned, None
     prepare_healing(pruned, strategy, receiving_layer(start), lora)
-    if not any(p.requires_grad for p in pruned.parameters()):
-        return pruned, None  # decoder healing of a block ending at the last layer: nothing to train
     # healing continues a trained model: never the projector's CTC warm start again
     train_config = replace(train_config, ctc_warmup_steps=0)
     result = train(pruned, data, train_config, Path(out_dir), progress=progress)

@@ -20,7 +20,7 @@ from speechllm_redundancy.cache import cached_json, key_of
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.evaluation import (ASR_THRESHOLD, AST_THRESHOLD, relative_change,
                                              removable_fraction)
-from speechllm_redundancy.healing import check_strategy, heal
+from speechllm_redundancy.healing import check_strategy, heal, trains_something
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.slam import DECODING_RULE
 
@@ -119,8 +119,9 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
 
     ``key`` names the trained model and evaluation data (e.g. a run directory's key and the decoding
     budget): it is part of every point's cache key. ``model_key`` names the trained model alone (default
-    ``key``): the healing runs are keyed by it (``healing_dir``). Returns a long frame: n, start, fraction,
-    set, score, delta.
+    ``key``): the healing runs are keyed by it (``healing_dir``). A point where ``strategy`` trains nothing
+    (``healing.trains_something``) is the unhealed model: it shares strategy none's point, scored once.
+    Returns a long frame: n, start, fraction, set, score, delta.
     """
     check_strategy(strategy)
     if strategy != "none" and (heal_data is None or heal_config is None):
@@ -131,22 +132,22 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         raise UserError(f"pruning sizes {bad} are not on the path (it covers n = {min(path)}…{max(path)} of a "
                         f"{num_layers}-layer decoder): pass sizes from the path.")
     out_dir = Path(out_dir)
-    heal_key = heal_config.key() if heal_config is not None and strategy != "none" else None
-    data_key = getattr(heal_data, "fingerprint", None) if strategy != "none" else None
     rows = []
     for n in tqdm(sorted({0, *sizes}), desc=f"pruning path ({strategy})", disable=not progress):
         start = path.get(n, 0) if n else 0
-        # the unpruned baseline is the same model whatever the strategy: every walk shares its point
-        point_strategy = strategy if n else "none"
-        point_key = key_of(key, n, start, point_strategy, heal_key if n else None, data_key if n else None,
-                           list(eval_sets), DECODING_RULE)
+        # a point that trains nothing (the unpruned baseline; decoder healing of a block ending at the last
+        # layer; no steps) scores the same model as strategy none: every walk shares none's point
+        healed = trains_something(strategy, start, n, num_layers, heal_config)
+        point_strategy = strategy if healed else "none"
+        healing_keys = (heal_config.key(), getattr(heal_data, "fingerprint", None)) if healed else (None,) * 2
+        point_key = key_of(key, n, start, point_strategy, *healing_keys, list(eval_sets), DECODING_RULE)
 
-        def compute(n=n, start=start, point_key=point_key):
+        def compute(n=n, start=start, point_strategy=point_strategy):
             model = slam
             if n:
-                model, _ = heal(slam, start, n, strategy, heal_data, heal_config,
+                model, _ = heal(slam, start, n, point_strategy, heal_data, heal_config,
                                 healing_dir(out_dir, key if model_key is None else model_key, n, start,
-                                            strategy, heal_config, heal_data), progress=progress)
+                                            point_strategy, heal_config, heal_data), progress=progress)
             return {"n": n, "start": start, "scores": {name: float(evaluate(model, name)) for name in eval_sets}}
 
         point = cached_json(out_dir / f"point-n{n}-{point_strategy}-{point_key}.json", compute)
