@@ -15,14 +15,18 @@ computed for a finished row; the project's decoder runs that, at full width whil
 All four get the same utterances, projected inputs, per-row caps (``SlamModel.generate``'s rule) and stop
 ids, and keep the stop token; their token ids must agree exactly (else the first differing row is printed
 and the run exits non-zero). Float32 on CPU; times exclude the projector and a short untimed warm-up.
+``--bf16`` adds a variant, not compared for equality: the project's decoder on a bfloat16 copy of the LLM
+(``decoding.decoder_in``), its speed in the table and how many rows differ from float32's on the line below.
 
     python benchmarks/bench_decoding.py                      # smollm2-135m and qwen2.5-coder-0.5b, 32 rows
-    python benchmarks/bench_decoding.py --slam DIR --manifest test-clean.jsonl --limit 200
+    python benchmarks/bench_decoding.py --slam SMOL_DIR QWEN_DIR --manifest test-clean.jsonl --limit 200
     python benchmarks/bench_decoding.py --tiny               # tiny random Llama (the test)
 
-Without ``--slam`` the packaged decoder reads a randomly initialised projector fed random 512-d features of
-3–15 s at 50 Hz (fixed seed): it babbles to its cap or a stop token, which serves a speed benchmark (all
-decoders get the same caps). ``--slam`` decodes real utterances with a trained model instead.
+Without ``--slam`` the packaged decoders read a randomly initialised projector fed random 512-d features of
+3–15 s at 50 Hz (fixed seed): they babble to their cap or a stop token, which serves a speed benchmark (all
+decoders get the same caps). ``--slam`` decodes real utterances with trained models instead: one or more
+folders ``SlamModel.save_pretrained`` wrote (a trained run's ``artifacts/slam/<key>/final``), one per decoder
+shape, all reading the same utterances. The last line takes, for each ratio, the smallest over the models.
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from speechllm_redundancy.decoding import greedy
+from speechllm_redundancy.decoding import decoder_in, greedy
+from speechllm_redundancy.encoders import native_bf16
 from speechllm_redundancy.slam import CAP_SLACK, DECODE_CHUNK, SlamConfig, SlamModel
 
 DECODERS = ("project", "full-width", "no-cache", "generate")  # the two batched ones back to back
+VARIANTS = ("bf16",)  # opt-in (--bf16): outputs may differ from float32's, so counted, not asserted equal
 
 
 def batches(model: SlamModel, features, task: str = "asr", max_new_tokens: int = 200, batch_size: int = 16):
@@ -62,9 +68,10 @@ def rows(batch) -> list[tuple[torch.Tensor, int, frozenset]]:
             for i, (n, cap) in enumerate(zip(batch["mask"].sum(1).tolist(), batch["caps"]))]
 
 
-def project(model, batch, width: int | None = None) -> list[list[int]]:
-    return greedy(model.llm, batch["embeds"], batch["mask"], batch["caps"], stop_ids=batch["stops"],
-                  pad_id=model.layout.pad_id, keep_stop=True, width=width)
+def project(model, batch, width: int | None = None, llm=None) -> list[list[int]]:
+    """The project's decoder on ``batch``, with ``model``'s LLM or another copy of it (``llm``)."""
+    return greedy(model.llm if llm is None else llm, batch["embeds"], batch["mask"], batch["caps"],
+                  stop_ids=batch["stops"], pad_id=model.layout.pad_id, keep_stop=True, width=width)
 
 
 def chunks(batch_list) -> list[dict]:
@@ -137,13 +144,17 @@ def hf_generate(llm, embeds: torch.Tensor, cap: int, stops, pad_id: int) -> list
     return ids[embeds.shape[1] :] if len(ids) > cap else ids  # a release that prepends the prompt's ids
 
 
-def decoders(model, batch_list, label: str = "", show: bool = True) -> dict:
-    """Decoder name → a function that decodes every row of ``batch_list`` (in batch order)."""
+def decoders(model, batch_list, label: str = "", show: bool = True, bf16=None) -> dict:
+    """Decoder name → a function that decodes every row of ``batch_list`` (in batch order); with ``bf16``
+    (the LLM in bfloat16) the ``bf16`` variant too."""
     every, width = [r for b in batch_list for r in rows(b)], max(len(b["caps"]) for b in batch_list)
 
     def bar(items, name):
         return tqdm(items, desc=f"{label} {name}".strip(), leave=False, disable=not show)
 
+    variants = {} if bf16 is None else {
+        "bf16": lambda: [ids for b in bar(chunks(batch_list), "bf16")
+                         for ids in project(model, b, width, bf16)]}
     return {
         "project": lambda: [ids for b in bar(chunks(batch_list), "project")
                             for ids in project(model, b, width)],
@@ -153,18 +164,21 @@ def decoders(model, batch_list, label: str = "", show: bool = True) -> dict:
         "no-cache": lambda: [no_cache(model.llm, e, cap, st) for e, cap, st in bar(every, "no-cache")],
         "generate": lambda: [hf_generate(model.llm, e, cap, st, model.layout.pad_id)
                              for e, cap, st in bar(every, "generate")],
+        **variants,
     }
 
 
-def run(model, batch_list, label: str = "") -> dict[str, tuple[list[list[int]], float]]:
-    """Each decoder's outputs and wall-clock seconds, after an untimed warm-up (one row, 2 tokens)."""
+def run(model, batch_list, label: str = "", bf16: bool = False) -> dict[str, tuple[list[list[int]], float]]:
+    """Each decoder's outputs and wall-clock seconds, after an untimed warm-up (one row, 2 tokens); with
+    ``bf16`` the variant's too (the LLM cast once, untimed)."""
     model.eval()
     b0 = batch_list[0]
     first = {**b0, "embeds": b0["embeds"][:1], "mask": b0["mask"][:1], "caps": [min(2, b0["caps"][0])]}
-    for warm_up in decoders(model, [first], show=False).values():
+    low = decoder_in(model.llm, torch.bfloat16) if bf16 else None
+    for warm_up in decoders(model, [first], show=False, bf16=low).values():
         warm_up()
     result = {}
-    for name, decode in decoders(model, batch_list, label).items():
+    for name, decode in decoders(model, batch_list, label, bf16=low).items():
         start = time.perf_counter()
         out = decode()
         result[name] = (out, time.perf_counter() - start)
@@ -176,6 +190,11 @@ def first_mismatch(result) -> int | None:
     ref = result["project"][0]
     return next((i for i, ids in enumerate(ref)
                  if any(i >= len(result[d][0]) or result[d][0][i] != ids for d in DECODERS[1:])), None)
+
+
+def differing_rows(result, variant: str) -> list[int]:
+    """The rows where ``variant``'s ids differ from the (float32) project decoder's."""
+    return [i for i, (a, b) in enumerate(zip(result["project"][0], result[variant][0])) if a != b]
 
 
 def tiny_model(n: int = 12):
@@ -199,10 +218,12 @@ def models(args):
         from speechllm_redundancy.data.manifest import read_manifest
         from speechllm_redundancy.features import cached_features
 
-        model = SlamModel.from_pretrained(args.slam)
-        store = cached_features(model.config.encoder, args.manifest, limit=args.limit,
-                                whisper_window=model.config.whisper_window)
-        yield model.config.llm, model, [store[u.id] for u in read_manifest(args.manifest)[: args.limit]]
+        utterances = read_manifest(args.manifest)[: args.limit]
+        for directory in args.slam:
+            model = SlamModel.from_pretrained(directory)
+            store = cached_features(model.config.encoder, args.manifest, limit=args.limit,
+                                    whisper_window=model.config.whisper_window)
+            yield Path(model.config.llm).name, model, [store[u.id] for u in utterances]
     else:
         for name in args.llm:
             torch.manual_seed(0)
@@ -216,8 +237,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
-    parser.add_argument("--slam", help="a saved SLAM model directory (with --manifest)")
-    parser.add_argument("--manifest", help="the utterances --slam decodes")
+    parser.add_argument("--slam", nargs="+", metavar="DIR",
+                        help="saved SLAM model directories, one per decoder shape (with --manifest)")
+    parser.add_argument("--manifest", help="the utterances every --slam model decodes")
     parser.add_argument("--limit", type=int, help="utterances (default 200 with --slam, 32 with a random "
                                                    "projector, 12 with --tiny)")
     parser.add_argument("--task", default="asr")
@@ -225,6 +247,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="the project decoder's batch")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (the test)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also the project's decoder in bfloat16 (its speed, and rows that differ)")
     args = parser.parse_args(argv)
     if args.slam and not args.manifest:
         parser.error("--slam needs --manifest")
@@ -233,21 +257,27 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     speedups = {"no-cache": [], "generate": []}
     for name, model, feats in models(args):
-        result = run(model, batches(model, feats, args.task, args.max_new_tokens, args.batch_size), name)
+        result = run(model, batches(model, feats, args.task, args.max_new_tokens, args.batch_size), name,
+                     bf16=args.bf16)
         bad = first_mismatch(result)
         if bad is not None:
             print(f"{name}: the decoders' outputs differ at row {bad} (batch order):")
             for dec in DECODERS:
                 print(f"  {dec:>10}: {result[dec][0][bad] if bad < len(result[dec][0]) else None}")
             return 1
-        tokens = sum(map(len, result["project"][0]))
-        rate = {dec: tokens / result[dec][1] for dec in DECODERS}
+        tokens = {dec: sum(map(len, ids)) for dec, (ids, _) in result.items()}
+        rate = {dec: tokens[dec] / seconds for dec, (_, seconds) in result.items()}
         print(f"\n{name}: {len(feats)} utterances, identical outputs; {torch.get_num_threads()} CPU "
               f"threads, float32, project batch {args.batch_size}")
         print(f"{'decoder':>10} | {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'project ×':>9}")
-        for dec in DECODERS:
-            print(f"{dec:>10} | {tokens:>7} {result[dec][1]:>8.2f} {rate[dec]:>9.1f} "
+        for dec in result:
+            print(f"{dec:>10} | {tokens[dec]:>7} {result[dec][1]:>8.2f} {rate[dec]:>9.1f} "
                   f"{rate['project'] / rate[dec]:>8.1f}×")
+        for dec in (v for v in VARIANTS if v in result):
+            differ = differing_rows(result, dec)
+            print(f"{dec}: {len(differ)} of {len(feats)} rows differ from float32"
+                  f"{f' (first at row {differ[0]}, batch order)' if differ else ''}; native bf16 on this "
+                  f"CPU: {'yes' if native_bf16() else 'no'}")
         for dec, ratios in speedups.items():
             ratios.append(rate["project"] / rate[dec])
     print(f"decoding speed-up: vs no-cache {min(speedups['no-cache']):.1f}×, "

@@ -78,3 +78,40 @@ def test_tiny_run_prints_the_speed_up_line():
     names = [ln.split("|")[0].strip() for ln in lines if "|" in ln][1:]
     assert names == ["project", "full-width", "no-cache", "generate"]
     assert re.fullmatch(r"decoding speed-up: vs no-cache \d+\.\d×, vs generate \d+\.\d×", lines[-1])
+
+
+def test_slam_run_compares_every_saved_model_and_reports_the_smaller_ratios(bench, tmp_path, capsys):
+    """``--slam`` takes several trained models (one per decoder shape) on the same utterances: a table each,
+    and the last line's ratios are the smallest of their tables'."""
+    from slam_tiny import save_tiny_llm, save_tiny_whisper, write_manifest_dir
+    from speechllm_redundancy.slam import SlamConfig, SlamModel
+
+    whisper, dirs = save_tiny_whisper(tmp_path / "whisper"), []
+    for layers in (2, 4):  # two decoder shapes
+        llm = save_tiny_llm(tmp_path / f"llm-{layers}", layers=layers)
+        torch.manual_seed(layers)
+        SlamModel(SlamConfig(encoder=whisper, llm=llm, encoder_dim=32, projector_hidden=32)).save_pretrained(
+            tmp_path / f"slam-{layers}")
+        dirs.append(str(tmp_path / f"slam-{layers}"))
+    manifest = write_manifest_dir(tmp_path / "corpus")
+    args = ["--slam", *dirs, "--manifest", str(manifest), "--limit", "3", "--max-new-tokens", "6"]
+    assert bench.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines if "identical outputs" in ln] == ["llm-2", "llm-4"]
+    ratios = {dec: [ln.split()[-1] for ln in lines if ln.split("|")[0].strip() == dec]
+              for dec in ("no-cache", "generate")}
+    assert all(len(r) == 2 for r in ratios.values())
+    smallest = {dec: min(r, key=lambda x: float(x.rstrip("×"))) for dec, r in ratios.items()}
+    assert lines[-1] == (f"decoding speed-up: vs no-cache {smallest['no-cache']}, "
+                         f"vs generate {smallest['generate']}")
+
+
+def test_the_bf16_variant_is_opt_in_reported_and_kept_out_of_the_verdict(bench, capsys):
+    """``--bf16`` adds a table row and a line counting the rows that differ from float32; neither the equality
+    check nor the last line reads it."""
+    assert bench.main(["--tiny", "--limit", "3", "--bf16"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split("|")[0].strip() for ln in lines if "|" in ln][1:] == [*bench.DECODERS, "bf16"]
+    assert any(re.fullmatch(r"bf16: \d of 3 rows differ from float32.*; native bf16 on this CPU: (yes|no)", ln)
+               for ln in lines)
+    assert re.fullmatch(r"decoding speed-up: vs no-cache \d+\.\d×, vs generate \d+\.\d×", lines[-1])

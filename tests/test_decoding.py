@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from slam_tiny import tiny_llm
-from speechllm_redundancy.decoding import greedy
+from speechllm_redundancy.decoding import decoder_in, greedy
 from speechllm_redundancy.slam import SlamConfig, SlamModel
 
 torch.set_num_threads(2)
@@ -350,3 +350,21 @@ def test_the_cache_appends_in_place_and_selects_and_joins_rows():
     k, v = kv(9, 12)  # past the room reserved
     got = cache.update(k, v, 0)
     assert torch.equal(got[0], torch.cat([ref, k], -2)) and cache.get_seq_length() == 21
+
+
+def test_bf16_decoding_is_opt_in_and_gives_well_formed_hypotheses():
+    """``decoder_in(llm, bf16)`` decodes a cast copy (the model keeps float32); rows keep their caps and read
+    as transcripts. Its ids may differ from float32's, so only their form is checked."""
+    model = make()
+    f = feats(9, 40, 23)
+    batch = model.embed_batch(f, "asr", padding_side="left")
+    assert decoder_in(model.llm, None) is model.llm and decoder_in(model.llm, torch.float32) is model.llm
+    low = decoder_in(model.llm, torch.bfloat16)
+    assert low.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.llm.get_input_embeddings().weight.dtype == torch.float32  # the model itself is untouched
+    out = greedy(low, batch["inputs_embeds"], batch["attention_mask"], [4, 7, 0], {model.layout.stop_id},
+                 model.layout.pad_id, keep_stop=True)
+    assert len(out) == 3 and [len(o) <= c for o, c in zip(out, (4, 7, 0))] == [True] * 3 and out[2] == []
+    vocab = model.llm.get_input_embeddings().weight.shape[0]
+    assert all(isinstance(t, int) and 0 <= t < vocab for row in out for t in row) and any(out)
+    assert all(isinstance(model.layout.finish("asr", ids), str) for ids in out)

@@ -6,10 +6,16 @@ A row leaves the batch (and its KV cache) as soon as it ends; with ``width`` the
 place, so the decoder keeps running full steps instead of waiting at a narrowing width for its slowest row.
 The cache is written in place into room reserved for the decode (``DynamicLayer`` re-copies each layer's
 cache at every step to append one position).
+
+Decoding runs in the decoder's own dtype (float32 by default). ``greedy(decoder_in(llm, torch.bfloat16), …)``
+is the opt-in bf16 decoder: worth it only on a CPU that multiplies bf16 natively, and its greedy ids may
+differ from float32's wherever two logits nearly tie (``benchmarks/bench_decoding.py --bf16`` prints its
+speed and how many rows differ).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 
@@ -25,6 +31,15 @@ def cache_kwarg(llm) -> str:
     ``past_key_values``. Read from the decoder stack's forward (a PEFT wrapper's takes **kwargs)."""
     forward = type(decoder_stack(llm)).forward
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def decoder_in(llm, dtype: torch.dtype | None):
+    """``llm`` with its weights in ``dtype``: ``llm`` itself when they already are (or ``dtype`` is None),
+    else a cast copy, so the trained model keeps its float32 weights (the copy costs the decoder's memory
+    again at ``dtype``, for the duration of a decode)."""
+    if dtype is None or llm.get_input_embeddings().weight.dtype == dtype:
+        return llm
+    return copy.deepcopy(llm).to(dtype)
 
 
 @functools.cache  # one class, built on first use (transformers imports slowly)
@@ -194,10 +209,11 @@ def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_n
     """Generate token ids per row until a stop id or the row's token cap. The stop token itself is
     returned only with ``keep_stop`` (a stop *string* may share its token with text, e.g. '."').
 
-    ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L) must be left-padded (real tokens last).
-    ``width``: at most this many rows decode at once, the next (in the given order) joining as rows end
-    (None: all B).
+    ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L) must be left-padded (real tokens last); they
+    are fed in the decoder's dtype (``decoder_in``). ``width``: at most this many rows decode at once, the
+    next (in the given order) joining as rows end (None: all B).
     """
+    inputs_embeds = inputs_embeds.to(llm.get_input_embeddings().weight.dtype)
     b, cols = inputs_embeds.shape[:2]
     dev = inputs_embeds.device
     caps = torch.tensor([max_new_tokens] * b if isinstance(max_new_tokens, int) else list(max_new_tokens),
