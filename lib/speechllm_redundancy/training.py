@@ -475,11 +475,11 @@ def _set_up_phase(accelerator, model, examples: list[Example], cfg: TrainConfig,
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
     wrapped, optimizer = accelerator.prepare(module, optimizer)
-    # under FSDP the model's parameters are now their shards (DTensors), in the optimiser too
-    params = [q for group in optimizer.param_groups for q in group["params"]]
-    if checkpoint is not None and sharded:
-        optimizer.load_state_dict(_sharded_state(checkpoint["optimizer"], params))
-        scheduler.load_state_dict(checkpoint["scheduler"])
+    if sharded:  # the model's parameters are now their shards (DTensors), in the optimiser too
+        params = [q for group in optimizer.param_groups for q in group["params"]]
+        if checkpoint is not None:
+            optimizer.load_state_dict(_sharded_state(checkpoint["optimizer"], params))
+            scheduler.load_state_dict(checkpoint["scheduler"])
     plan = BatchPlan(lengths, batch_size, cfg.seed, index, cfg.bucket)
     return _Phase(name, index, examples, module, wrapped, params, optimizer, scheduler, plan, targets, aux,
                   cfg.ctc_weight)
