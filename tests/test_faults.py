@@ -728,6 +728,87 @@ def test_a_chapter_run_killed_midway_leaves_no_executed_chapter_and_reruns_to_th
     assert resumed == _executed(profile, "01_toy")
 
 
+
+# -- two runs at once on one chapter, or on one corpus: the second waits, then takes the first's ----------
+COUNTED_CHAPTER = TOY_CHAPTER.replace("# %%\nimport time\n", """# %%
+from speechllm_redundancy.paths import artifact_path
+
+with open(artifact_path("executions.log"), "a") as log:
+    log.write("executed\\n")
+
+# %%
+import time
+""", 1)
+
+
+def test_a_chapter_run_waiting_for_another_run_of_it_does_not_execute_it_again(tmp_path, monkeypatch,
+                                                                                artifacts, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "01_toy.py").write_text(COUNTED_CHAPTER)
+    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", notebooks)
+    profile = profiles.load_profile(write_profile(tmp_path, chapters={}, common={"points": 4, "delay": 1.0}))
+    chapter_runs.ensure_kernel()  # installed here, not raced for by the runs
+    log, executions = tmp_path / "first.log", artifacts / "executions.log"
+    first = _start(BOOK_RUN, artifacts, log, notebooks, profile.path)
+    deadline = time.monotonic() + 120
+    while not executions.exists():  # the first run is executing the chapter (four more seconds of it)
+        if first.poll() is not None or time.monotonic() > deadline:
+            first.kill()
+            pytest.fail(f"the first run ended or stalled before executing the chapter:\n{log.read_text()}")
+        time.sleep(0.02)
+
+    chapter_runs.run_chapters(profile)  # not up to date yet: it waits for the first run's lock
+    assert first.wait(120) == 0, log.read_text()[-3000:]
+    said = capsys.readouterr()
+    assert "waiting for another run to finish" in said.err  # it did find the chapter being executed
+    assert "up to date, executed by another run meanwhile" in said.out
+    assert executions.read_text().split() == ["executed"]  # once: by the first run
+    assert chapter_runs.is_fresh(profile, "01_toy")
+    assert json.loads(chapter_runs.results_path(profile).read_text()) == chapter_runs.merged_results(profile)
+
+
+def _build_tiny_corpus(out: str, counter: str, barrier) -> None:
+    """A run building the tiny corpus of test_data_corpus, its synthesiser a stub writing a tenth of a
+    second of silence slowly (each synthesis logged)."""
+    from speechllm_redundancy.cache import atomic_path
+    from speechllm_redundancy.data import synth
+    from speechllm_redundancy.data.corpus import build_corpus
+    from test_data_corpus import TINY, make_pools
+
+    def synthesize(job):
+        if Path(job.out).exists():  # as the real one
+            return None
+        with open(counter, "a") as log:
+            log.write(f"{job.out}\n")
+        time.sleep(0.05)
+        with atomic_path(job.out) as tmp:
+            sf.write(tmp, np.zeros(1600, dtype=np.float32), 16000)
+        return None
+
+    synth.synthesize, synth.check_tools = synthesize, lambda engines: None  # this child's only
+    barrier.wait()
+    build_corpus(TINY, out, workers=1, pools=make_pools())
+
+
+def test_two_processes_building_one_corpus_synthesise_each_utterance_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")  # the children run the corpus code only: no torch after fork
+    barrier = ctx.Barrier(2)
+    out, counter = tmp_path / "corpus" / "tiny", tmp_path / "synthesised.log"
+    runs = [ctx.Process(target=_build_tiny_corpus, args=(str(out), str(counter), barrier)) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(120)
+        assert run.exitcode == 0
+    made = counter.read_text().splitlines()
+    audio = {str(out / json.loads(row)["audio"]) for manifest in out.glob("*.jsonl")
+             for row in manifest.read_text().splitlines()}
+    assert len(made) == len(set(made))  # none twice
+    assert set(made) == audio and len(audio) > 20
+    assert json.loads((out / "corpus.json").read_text())["made_this_run"] == len(audio)  # written once
+
+
 # -- leftovers of killed runs: stale temporaries are swept ---------------------------------------------------
 DAY = 86400
 

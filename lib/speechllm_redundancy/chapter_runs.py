@@ -124,32 +124,40 @@ def _runnable_chapter(stem: str):
     return nb
 
 
-def run_chapter(profile: Profile, stem: str, kernel: str) -> Path:
+def run_chapter(profile: Profile, stem: str, kernel: str, force: bool = True) -> bool:
     """Execute one chapter with papermill; the executed notebook appears only if every cell succeeded, and
-    the record of its inputs (taken before it ran) only once the notebook and its results are in place."""
+    the record of its inputs (taken before it ran) only once the notebook and its results are in place.
+
+    Runs under the chapter's locks: a second run of it waits for the first. Unless ``force``, it then
+    checks again, and returns False without executing when the first made the chapter up to date."""
     import papermill
 
     out = executed_path(profile, stem)
     failed = out.with_suffix(".failed.ipynb")
-    inputs = run_inputs(profile, stem)
-    inputs_path(profile, stem).unlink(missing_ok=True)
     # the locks mark the notebook's and fragment's temporaries as live for `sweep_stale` (a cell may run for
     # days without touching them), and make a second run of the same chapter wait for this one
-    with entry_lock(out), entry_lock(fragment_path(profile, stem)), atomic_path(out) as tmp, \
-            results.collecting(fragment_path(profile, stem), stem):
-        try:
-            papermill.execute_notebook(_runnable_chapter(stem), str(tmp), parameters=profile.parameters(stem),
-                                       kernel_name=kernel, language="python", cwd=str(profiles.NOTEBOOKS_DIR),
-                                       progress_bar=True)
-        except papermill.PapermillExecutionError as err:
-            if tmp.exists():
-                shutil.copyfile(tmp, failed)
-            raise UserError(f"chapter {stem} failed in cell {err.exec_count}: {err.ename}: {err.evalue}. "
-                            f"The partly executed notebook is {failed}. Fix the cause and re-run "
-                            f"`make notebooks PROFILE={profile.name}` (finished chapters are kept)") from err
-    failed.unlink(missing_ok=True)
-    atomic_write_json(inputs_path(profile, stem), inputs)
-    return out
+    with entry_lock(out), entry_lock(fragment_path(profile, stem)):
+        if not force and is_fresh(profile, stem):  # executed by another run while this one waited
+            return False
+        inputs = run_inputs(profile, stem)
+        inputs_path(profile, stem).unlink(missing_ok=True)
+        with atomic_path(out) as tmp, results.collecting(fragment_path(profile, stem), stem):
+            try:
+                papermill.execute_notebook(_runnable_chapter(stem), str(tmp),
+                                           parameters=profile.parameters(stem), kernel_name=kernel,
+                                           language="python", cwd=str(profiles.NOTEBOOKS_DIR),
+                                           progress_bar=True)
+            except papermill.PapermillExecutionError as err:
+                if tmp.exists():
+                    shutil.copyfile(tmp, failed)
+                raise UserError(f"chapter {stem} failed in cell {err.exec_count}: {err.ename}: "
+                                f"{err.evalue}. The partly executed notebook is {failed}. Fix the cause and "
+                                f"re-run `make notebooks PROFILE={profile.name}` (finished chapters are "
+                                f"kept)") from err
+        failed.unlink(missing_ok=True)
+        # under the locks: a run waiting for them finds the chapter up to date once it has them
+        atomic_write_json(inputs_path(profile, stem), inputs)
+    return True
 
 
 def run_chapters(profile: Profile, chapters: list[str] | None = None, force: bool = False) -> list[Path]:
@@ -169,8 +177,11 @@ def run_chapters(profile: Profile, chapters: list[str] | None = None, force: boo
         else:
             print(f"{prefix}: running…", flush=True)
             start = time.perf_counter()
-            run_chapter(profile, stem, kernel)
-            print(f"{prefix}: done in {time.perf_counter() - start:.1f} s", flush=True)
+            if run_chapter(profile, stem, kernel, force=force):
+                print(f"{prefix}: done in {time.perf_counter() - start:.1f} s", flush=True)
+            else:
+                print(f"{prefix}: up to date, executed by another run meanwhile "
+                      f"({executed_path(profile, stem)})", flush=True)
         outputs.append(executed_path(profile, stem))
     print(f"results: {results.write(results_path(profile), merged_results(profile))}", flush=True)
     return outputs

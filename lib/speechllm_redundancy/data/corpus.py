@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechllm_redundancy.cache import atomic_path, atomic_write_json, key_of
+from speechllm_redundancy.cache import atomic_path, atomic_write_json, entry_lock, key_of
 from speechllm_redundancy.data import synth
 from speechllm_redundancy.data.audio import audio_seconds
 from speechllm_redundancy.data.manifest import Utterance, read_manifest, write_manifest
@@ -442,12 +442,28 @@ def build_corpus(
     piper = synth.piper_available()
     out = Path(out_dir) if out_dir else corpus_dir(cfg)
     key = corpus_key(cfg, piper, pools)
+    if (paths := _built(out, key)) is not None:
+        return paths
+    with entry_lock(out):  # one builder per corpus folder; a second run waits, then finds it built
+        if (paths := _built(out, key)) is not None:
+            return paths
+        return _build(cfg, out, key, piper, workers, pools)
+
+
+def _built(out: Path, key: str) -> dict[str, Path] | None:
+    """The manifests of the finished corpus of ``key`` in ``out``; None when it is not (yet) there."""
     summary_file = out / "corpus.json"
     if summary_file.exists():
         summary = json.loads(summary_file.read_text())
         paths = corpus_paths(out, summary.get("counts", {}))
         if summary.get("key") == key and all(p.exists() for p in paths.values()):
             return paths
+    return None
+
+
+def _build(cfg: CorpusConfig, out: Path, key: str, piper: bool, workers: int | None,
+           pools: TextPools | None) -> dict[str, Path]:
+    summary_file = out / "corpus.json"
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
 
