@@ -120,7 +120,8 @@ settings_table(study.settings.as_dict() | models.parameters)
 # removable fraction never decreases with decoder size and the largest decoder tolerates more than the
 # smallest, among the frozen decoders whose unpruned model does better than chance
 # (`evaluation.chance_score`: the better of an empty output and another utterance's reference) on every
-# set; with fewer than two of those it is not testable (`verdicts.claim_5`).
+# set; with fewer than two of those, or when none of them removed any layer (the levels walked cannot then
+# tell the sizes apart), it is not testable (`verdicts.claim_5`).
 
 # %%
 glue_verdict(models.claim_5())

@@ -103,6 +103,10 @@ def test_claim_5_compares_the_decoders_above_chance_by_size():
     assert claim_5([("small", 0.4), ("large", 0.4)], [], variant="v").holds is False  # must grow
     assert claim_5([("small", 0.2), ("mid", 0.1), ("large", 0.4)], [], variant="v").holds is False
     assert claim_5([("only", 0.2)], [], variant="v").finding == "the profile has a single decoder"
+    # no decoder removed anything: not informative, not "does not hold" by default
+    none_removed = claim_5([("small", 0.0), ("large", 0.0)], [], variant="v")
+    assert none_removed.holds is None and none_removed.summary.endswith("(not informative)")
+    assert claim_5([("small", 0.0), ("large", 0.1)], [], variant="v").holds is True
     three = [("small", 0.4), ("mid", 0.2), ("large", 0.3)]
     assert claim_5(three, [AtChance("small", {"test-clean": (100.0, 100.0)})], variant="v").holds is True
     untestable = claim_5(three[:2], [AtChance("small", {"test-clean": (100.0, 100.0)})], variant="v")

@@ -238,7 +238,9 @@ def claim_5(removable: Sequence[tuple[str, float]], at_chance: Sequence[AtChance
             recipe: str | None = None) -> ClaimVerdict:
     """Claim 5, larger decoders tolerate more pruning: ``removable`` ((decoder, removable fraction) of the
     frozen decoders, smallest first) never decreases and its last exceeds its first, among the decoders
-    not at chance (``at_chance``, in the same order); not testable with fewer than two of those."""
+    not at chance (``at_chance``, in the same order); not testable with fewer than two of those, or when none
+    of them removed any layer (as claim 2's ``tolerance_not_raised``: the levels walked cannot tell the sizes
+    apart, and "does not hold" would follow by default)."""
     if len(removable) < 2:
         return ClaimVerdict(5, None, "the profile has a single decoder", "a single decoder", variant, recipe)
     bad = {m.model for m in at_chance}
@@ -246,8 +248,12 @@ def claim_5(removable: Sequence[tuple[str, float]], at_chance: Sequence[AtChance
     if len(usable) < 2:
         return ClaimVerdict(5, None, _described(at_chance), _at_chance(at_chance), variant, recipe)
     fractions = [f for _, f in usable]
-    holds = all(b >= a for a, b in pairwise(fractions)) and fractions[-1] > fractions[0]
     listing = "removable fraction by size: " + ", ".join(f"{model} {f:.0%}" for model, f in usable)
+    if not any(fractions):
+        return ClaimVerdict(5, None, f"{listing}: no decoder stays within the bar at the lowest level walked, so "
+                            "the walks cannot tell the sizes apart (walk smaller fractions, or heal longer)",
+                            f"{listing} (not informative)", variant, recipe)
+    holds = all(b >= a for a, b in pairwise(fractions)) and fractions[-1] > fractions[0]
     return ClaimVerdict(5, holds, listing, listing, variant, recipe)
 
 
