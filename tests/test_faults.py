@@ -682,6 +682,19 @@ def _executed(profile, stem) -> tuple[list, dict]:
     return outputs, {k: v for k, v in fragment.items() if k != "minutes"}
 
 
+def _toy_book(tmp_path, monkeypatch, chapter: str, points: int, delay: float):
+    """A notebooks folder holding one toy chapter (``chapter``'s source), its profile, and the kernel
+    installed here (not raced for by the runs the test starts). Returns (notebooks folder, profile)."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "01_toy.py").write_text(chapter)
+    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", notebooks)
+    common = {"points": points, "delay": delay}
+    profile = profiles.load_profile(write_profile(tmp_path, chapters={}, common=common))
+    chapter_runs.ensure_kernel()
+    return notebooks, profile
+
+
 def test_a_chapter_run_killed_midway_leaves_no_executed_chapter_and_reruns_to_the_same_outputs(tmp_path,
                                                                                                monkeypatch):
     """`book run` on a toy chapter (five cached points, then a recorded result): papermill, its kernel, the
@@ -689,12 +702,7 @@ def test_a_chapter_run_killed_midway_leaves_no_executed_chapter_and_reruns_to_th
     (a minute or more each time on this CPU) would add only the stages the tests above kill."""
     if sys.platform != "linux":
         pytest.skip("finds the kernel through /proc")
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
-    (notebooks / "01_toy.py").write_text(TOY_CHAPTER)
-    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", notebooks)
-    profile = profiles.load_profile(write_profile(tmp_path, chapters={}, common={"points": 5, "delay": 0.6}))
-    chapter_runs.ensure_kernel()  # installed here, not raced for by the run
+    notebooks, profile = _toy_book(tmp_path, monkeypatch, TOY_CHAPTER, points=5, delay=0.6)
     artifacts, log = tmp_path / "artifacts", tmp_path / "killed.log"
     run = _start(BOOK_RUN, artifacts, log, notebooks, profile.path)
     kernels = []
@@ -743,12 +751,7 @@ import time
 
 def test_a_chapter_run_waiting_for_another_run_of_it_does_not_execute_it_again(tmp_path, monkeypatch,
                                                                                 artifacts, capsys):
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
-    (notebooks / "01_toy.py").write_text(COUNTED_CHAPTER)
-    monkeypatch.setattr(profiles, "NOTEBOOKS_DIR", notebooks)
-    profile = profiles.load_profile(write_profile(tmp_path, chapters={}, common={"points": 4, "delay": 1.0}))
-    chapter_runs.ensure_kernel()  # installed here, not raced for by the runs
+    notebooks, profile = _toy_book(tmp_path, monkeypatch, COUNTED_CHAPTER, points=4, delay=1.0)
     log, executions = tmp_path / "first.log", artifacts / "executions.log"
     first = _start(BOOK_RUN, artifacts, log, notebooks, profile.path)
     deadline = time.monotonic() + 120
