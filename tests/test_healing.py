@@ -35,6 +35,23 @@ def test_decoder_strategy_trains_only_the_receiving_layers_mlp():
     assert {n.split(".mlp.")[1].split(".")[0] for n in names} == {"gate_proj", "up_proj", "down_proj"}
 
 
+def test_the_healing_lora_starts_from_the_runs_seed_whatever_ran_before():
+    """A healing run is cached by its settings: its initial LoRA must follow from its seed alone (it once came
+    from the global generator, so a resumed or reordered walk healed from another start), and drawing it
+    leaves the caller's generator where it was."""
+    def initial_lora(global_seed: int, seed: int) -> dict:
+        pruned = prune_slam(make(init=0.3), 0, 1)
+        torch.manual_seed(global_seed)
+        before = torch.random.get_rng_state()
+        prepare_healing(pruned, "decoder", 0, seed=seed)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        return {n: p.detach().clone() for n, p in pruned.named_parameters() if "lora_A" in n}
+
+    same, other_history, other_seed = initial_lora(1, 7), initial_lora(2, 7), initial_lora(1, 8)
+    assert same and all(torch.equal(same[n], other_history[n]) for n in same)
+    assert not all(torch.equal(same[n], other_seed[n]) for n in same)
+
+
 @pytest.mark.parametrize("strategy, projector, lora", [
     ("none", False, False), ("projector", True, False), ("both", True, True)])
 def test_strategies_unfreeze_what_they_name(strategy, projector, lora):

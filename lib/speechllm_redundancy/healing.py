@@ -14,6 +14,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.layers import decoder_layers, num_decoder_layers
 from speechllm_redundancy.pruning import prune_block, receiving_layer
@@ -25,6 +27,9 @@ DECODER_SIDE = ("decoder", "both")  # strategies that add LoRA on the receiving 
 HEALING_LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 WARMUP_SHARE = 0.1  # of a healing run's steps spent warming up (then a linear decay to zero)
+# in every healing run's cache key: runs cached before the receiving layer's LoRA was drawn from the run's seed
+# (it came from the global generator, so from whatever ran before) are not reused
+HEALING_INIT = "lora-from-seed"
 
 
 def healing_config(steps: int, seed: int = 0, **overrides):
@@ -87,8 +92,10 @@ def receiving_mlp_modules(llm, layer: int) -> list[str]:
     return names
 
 
-def prepare_healing(slam, strategy: str, receiving: int, lora: dict | None = None) -> None:
-    """Freeze everything, then unfreeze what ``strategy`` trains (adding the receiving-layer LoRA)."""
+def prepare_healing(slam, strategy: str, receiving: int, lora: dict | None = None, seed: int = 0) -> None:
+    """Freeze everything, then unfreeze what ``strategy`` trains (adding the receiving-layer LoRA). The LoRA's
+    initial weights are drawn from ``seed`` (the healing run's), not from the global generator: a cached
+    healing run is keyed by its settings, so its start must follow from them, whatever ran before it."""
     from peft import LoraConfig, get_peft_model
 
     check_strategy(strategy)
@@ -97,7 +104,9 @@ def prepare_healing(slam, strategy: str, receiving: int, lora: dict | None = Non
         spec = {**HEALING_LORA, **(lora or {})}
         config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
                             target_modules=receiving_mlp_modules(slam.llm, receiving), bias="none")
-        slam.llm = get_peft_model(slam.llm, config, adapter_name="healing")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            slam.llm = get_peft_model(slam.llm, config, adapter_name="healing")
     if strategy in INPUT_SIDE:  # the input side: the projector and any trained soft prompt
         slam.projector.requires_grad_(True)
         if getattr(slam, "soft_prompt", None) is not None:
@@ -119,7 +128,7 @@ def heal(slam, start: int, size: int, strategy: str, data, train_config, out_dir
     if not trains:
         pruned.requires_grad_(False)
         return pruned, None
-    prepare_healing(pruned, strategy, receiving_layer(start), lora)
+    prepare_healing(pruned, strategy, receiving_layer(start), lora, seed=train_config.seed)
     # healing continues a trained model: never the projector's CTC warm start again
     train_config = replace(train_config, ctc_warmup_steps=0)
     result = train(pruned, data, train_config, Path(out_dir), progress=progress)
