@@ -232,6 +232,62 @@ def test_two_processes_heal_what_one_process_heals(tiny, tmp_path):
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
 
 
+def heal_cli_args(model: Path, tiny) -> list[str]:
+    """`slam heal` of a SLAM model on the smooth decoder: the block --fraction 0.34 takes from the path's
+    angles, the projector healed for 3 steps in batches of 3 that split 2 + 1 (strategy projector: the
+    receiving layer's LoRA has dropout, drawn by each process for its own examples)."""
+    return ["slam", "heal", "--model", str(model), "--fraction", "0.34", "--path-manifest", tiny["manifest"],
+            "--path-limit", "4", "--strategy", "projector", "--steps", "3", "--batch-size", "3", "--lr", "1e-2",
+            "--mixed-precision", "no", "--train", tiny["manifest"]]
+
+
+def test_two_processes_heal_from_the_command_line_what_one_process_heals(tiny, tmp_path, monkeypatch):
+    """`slam heal` as book/paper_scale.md launches it: the angles measured by the first process, the healing
+    shared out, one folder written by the first process, and that folder the one a single process writes, up
+    to float rounding. Each run has an artifacts folder of its own, so neither finds the other's healing."""
+    from speechllm_redundancy.cli import main
+    from test_heal_cli import save_slam
+
+    model = save_slam(tmp_path / "model", tiny["whisper"], tiny["smooth_llm"])
+    printed = launch(["-m", "speechllm_redundancy", *heal_cli_args(model, tiny), "--out", str(tmp_path / "two")],
+                     str(tmp_path / "artifacts-two"))
+    assert printed.count("model: ") == 1  # one report for the launch
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts-one"))
+    assert main([*heal_cli_args(model, tiny), "--out", str(tmp_path / "one")]) == 0
+    one, two = (json.loads((tmp_path / run / "heal.json").read_text()) for run in ("one", "two"))
+    assert (two["start"], two["size"], two["healed"]) == (one["start"], one["size"], True)
+    for part in ("final", "decoder"):
+        assert_same_weights(tmp_path / "one" / part, tmp_path / "two" / part)
+    losses = [[h["loss"] for h in run["history"]] for run in (one, two)]
+    assert losses[0]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
+
+
+def test_two_processes_walk_from_the_command_line_what_one_process_walks(tiny, tmp_path, monkeypatch):
+    """`slam walk` under the launch: every process heals and decodes each level, the first alone reading and
+    writing the cached points (``distributed.cached_json_together``: were each process to take a point's lock,
+    the second would wait at it while the first waited for the second in the decoding's gather), and the walk
+    is one process's."""
+    import csv
+
+    from speechllm_redundancy.cli import main
+
+    model = decoder_model(tiny, tmp_path / "model")
+    args = ["slam", "walk", "--model", str(model), "--fractions", "0.34", "--strategy", "none", "projector",
+            "--steps", "2", "--batch-size", "3", "--mixed-precision", "no", "--train", tiny["manifest"],
+            "--path-manifest", tiny["manifest"], "--path-limit", "4", "--eval", tiny["manifest"],
+            "--max-new-tokens", "4"]
+    printed = launch(["-m", "speechllm_redundancy", *args, "--out", str(tmp_path / "two")],
+                     str(tmp_path / "artifacts-two"))
+    assert printed.count("removable fraction") == 1
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "artifacts-one"))
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    one, two = (list(csv.DictReader((tmp_path / run / "walk.csv").open())) for run in ("one", "two"))
+    assert [(r["strategy"], r["n"]) for r in one] == [("none", "0"), ("none", "1"), ("projector", "0"),
+                                                      ("projector", "1")]
+    assert two == one
+
+
 # -- FSDP: the decoder sharded across the processes (profiles/accelerate/fsdp-*.yaml) ------------------------
 FSDP_CONFIGS = {"fsdp-qwen2.yaml": ("qwen2", "Qwen2DecoderLayer"), "fsdp-llama.yaml": ("llama", "LlamaDecoderLayer")}
 

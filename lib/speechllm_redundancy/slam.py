@@ -561,7 +561,8 @@ class SlamModel(nn.Module):
         return OUTPUT_RATIO.get(prompt, DEFAULT_OUTPUT_RATIO)
 
     # -- persistence --------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, state: dict[str, torch.Tensor] | None = None,
+                        llm_fingerprint: str | None = None) -> Path:
         """Write the trained model in the ecosystem's layout: ``config.json`` (the SlamConfig, the LLM and
         encoder referenced by name and weights hash, never copied), ``model.safetensors`` (the input side:
         projector, CTC head, soft prompt) and, with LoRA, peft's own adapter folder ``adapters/``
@@ -570,7 +571,9 @@ class SlamModel(nn.Module):
         file's size and sha256, checked on load); an existing directory is replaced only if it is itself a
         saved SLAM model. ``state``: the tensors to write, by ``state_dict()`` name (at least the input side and
         the adapters'), when this model's own are not whole (the shards of an FSDP launch, gathered by
-        ``training``); default: ``self.state_dict()``."""
+        ``training``); default: ``self.state_dict()``. ``llm_fingerprint``: the decoder's weights hash, for a
+        decoder that is not yet where ``config.llm`` names it (written beside the model in one atomic step, as
+        ``slam heal`` does; ``features.fingerprint`` of its folder); default: hashed from ``config.llm``."""
         from safetensors.torch import save_file
 
         from speechllm_redundancy.cache import atomic_path
@@ -580,7 +583,7 @@ class SlamModel(nn.Module):
             raise UserError(f"{directory} exists and is not a saved SLAM model: choose an empty or new directory.")
         adapters = list(getattr(self.llm, "peft_config", None) or {})
         record = {**asdict(self.config), "slam_format": FORMAT_VERSION, "adapters": adapters,
-                  "llm_fingerprint": _safe_fingerprint(self.config.llm),
+                  "llm_fingerprint": llm_fingerprint or _safe_fingerprint(self.config.llm),
                   "encoder_fingerprint": _safe_fingerprint(self.config.encoder)}
         # peft picks each adapter's tensors out of the decoder's state (by default its own)
         peft_state = {} if state is None else {"state_dict": {k.removeprefix("llm."): v for k, v in state.items()

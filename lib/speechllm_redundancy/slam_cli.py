@@ -1,4 +1,5 @@
-"""`slam features|train|evaluate`: the SLAM recipe from the command line.
+"""`slam features|train|evaluate`: the SLAM recipe from the command line (`slam heal|walk`, pruning a trained
+model: slam_pruning_cli).
 
     python -m speechllm_redundancy slam train --encoder whisper-base --llm smollm2-135m \
         --train artifacts/corpus/default/train.jsonl --out runs/smollm2 [--lora] [--steps 1500]
@@ -51,7 +52,8 @@ def register(subparsers) -> None:
     from speechllm_redundancy.slam import SlamConfig
     from speechllm_redundancy.training import TrainConfig
 
-    slam = subparsers.add_parser("slam", help="SLAM SpeechLLM: encode features, train, evaluate")
+    slam = subparsers.add_parser("slam", help="SLAM SpeechLLM: encode features, train, evaluate, prune and heal, "
+                                              "walk the pruning path")
     sub = slam.add_subparsers(dest="slam_command", required=True)
 
     feats = sub.add_parser("features", help="compute (or find) the cached encoder features of a manifest")
@@ -127,6 +129,10 @@ def register(subparsers) -> None:
     ev.add_argument("--batch-size", type=int, default=16, help="utterances decoded at once")
     ev.add_argument("--hyps", help="write id/ref/hyp JSON Lines here (must not exist)")
     ev.set_defaults(func=_evaluate)
+
+    from speechllm_redundancy.slam_pruning_cli import register as register_pruning
+
+    register_pruning(sub)  # `slam heal`, `slam walk`
 
 
 def _features(args) -> int:

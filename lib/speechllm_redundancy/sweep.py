@@ -16,11 +16,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from speechllm_redundancy.angles import AngleMatrix
-from speechllm_redundancy.cache import cached_json, key_of
+from speechllm_redundancy.cache import key_of
+from speechllm_redundancy.distributed import cached_json_together
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.evaluation import (ASR_THRESHOLD, AST_THRESHOLD, relative_change,
                                              removable_fraction)
-from speechllm_redundancy.healing import check_strategy, heal, trains_something
+from speechllm_redundancy.healing import HEALING_INIT, check_strategy, heal, trains_something
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.slam import DECODING_RULE
 
@@ -106,7 +107,7 @@ def healing_dir(out_dir: str | os.PathLike, model_key: str, n: int, start: int, 
     (``model_key``), the block and the healing's settings and data only — not by what the point evaluates,
     so walks that decode other utterances or caps reuse the healed model instead of training it again."""
     key = key_of(model_key, n, start, strategy, heal_config and heal_config.key(),
-                 getattr(heal_data, "fingerprint", None))
+                 getattr(heal_data, "fingerprint", None), HEALING_INIT)
     return Path(out_dir) / f"heal-n{n}-{strategy}-{key}"
 
 
@@ -121,6 +122,8 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
     budget): it is part of every point's cache key. ``model_key`` names the trained model alone (default
     ``key``): the healing runs are keyed by it (``healing_dir``). A point where ``strategy`` trains nothing
     (``healing.trains_something``) is the unhealed model: it shares strategy none's point, scored once.
+    Under ``accelerate launch`` every process walks: each heals a replica and decodes its share of every set,
+    and the first process alone reads and writes the points (``distributed.cached_json_together``).
     Returns a long frame: n, start, fraction, set, score, delta.
     """
     check_strategy(strategy)
@@ -139,7 +142,8 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         # layer; no steps) scores the same model as strategy none: every walk shares none's point
         healed = trains_something(strategy, start, n, num_layers, heal_config)
         point_strategy = strategy if healed else "none"
-        healing_keys = (heal_config.key(), getattr(heal_data, "fingerprint", None)) if healed else (None,) * 2
+        healing_keys = ((heal_config.key(), getattr(heal_data, "fingerprint", None), HEALING_INIT) if healed
+                        else (None,) * 2)
         point_key = key_of(key, n, start, point_strategy, *healing_keys, list(eval_sets), DECODING_RULE)
 
         def compute(n=n, start=start, point_strategy=point_strategy):
@@ -150,7 +154,7 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
                                             point_strategy, heal_config, heal_data), progress=progress)
             return {"n": n, "start": start, "scores": {name: float(evaluate(model, name)) for name in eval_sets}}
 
-        point = cached_json(out_dir / f"point-n{n}-{point_strategy}-{point_key}.json", compute)
+        point = cached_json_together(out_dir / f"point-n{n}-{point_strategy}-{point_key}.json", compute)
         rows += [{"n": n, "start": point["start"], "fraction": n / num_layers, "set": name, "score": s}
                  for name, s in point["scores"].items()]
     frame = pd.DataFrame(rows)
