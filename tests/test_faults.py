@@ -3,9 +3,12 @@ before any expensive work starts and without leaving anything half-written that 
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,11 +212,21 @@ def test_a_checkpoint_holding_pickled_code_is_refused_without_running_it(tmp_pat
 
 
 # -- damaged caches: a size + sha256 recorded at write time, checked at read time --------------------------
-def _flip_last_byte(path: Path) -> None:
-    """Alter one byte at the end (inside the last tensor's data): the file still parses, its size holds."""
+def _damage(path: Path, damage: str, at: int = -1) -> None:
+    """"truncated": cut to half its size, as a kill during a copy or a full disk leaves a file; "altered": one
+    byte flipped, the size kept (by default the last: inside the last tensor's data, so the file still
+    parses)."""
     data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
+    if damage == "truncated":
+        del data[len(data) // 2:]
+    else:
+        data[at] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+# what each damage is called in the message naming the file
+PROBLEM = {"truncated": r"\d+ bytes, \d+ when written",
+           "altered": r"its sha256 differs from the one recorded"}
 
 
 @pytest.mark.parametrize("damage", ["truncated", "altered"])
@@ -224,24 +237,21 @@ def test_a_damaged_feature_shard_is_encoded_again_with_a_warning_naming_it(damag
     manifest = write_manifest_dir(tmp_path / "corpus")
     store = cached_features(whisper_dir, manifest, shard_size=2, batch_size=1, progress=False)
     original = {u: store[u].clone() for u in store}
-    shard = store.directory / "shard-00001.safetensors"
-    if damage == "truncated":
-        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    else:
-        _flip_last_byte(shard)
+    _damage(store.directory / "shard-00001.safetensors", damage)
     encoded = []
     real = SpeechEncoder.encode
     monkeypatch.setattr(SpeechEncoder, "encode",
                         lambda self, waves: encoded.append(len(waves)) or real(self, waves))
-    with pytest.warns(UserWarning, match=r"shard-00001.safetensors is damaged \(.*\): deleted it, "
-                                         r"computing it again"):
+    with pytest.warns(UserWarning, match=rf"shard-00001.safetensors is damaged \({PROBLEM[damage]}.*\): "
+                                         r"deleted it, computing it again"):
         again = cached_features(whisper_dir, manifest, shard_size=2, batch_size=1, progress=False)
     assert sum(encoded) == 2  # the two utterances of that shard, nothing else
     assert sorted(again) == sorted(original)
     assert all(torch.equal(again[u], original[u]) for u in original)
 
 
-def test_an_altered_walk_point_that_still_parses_is_recomputed(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_walk_point_is_recomputed_with_a_warning_naming_it(damage, tmp_path):
     from speechllm_redundancy.sweep import walk_path
     from test_sweep import LayerCountScore
 
@@ -249,54 +259,285 @@ def test_an_altered_walk_point_that_still_parses_is_recomputed(tmp_path):
     first = walk_path(slam, {1: 2}, [1], ["a"], score, tmp_path, progress=False)
     point = next(tmp_path.glob("point-n1-*.json"))
     text = point.read_text()
-    altered = text.replace('"a": 0.1', '"a": 0.7', 1)
-    assert altered != text and json.loads(altered)  # still valid JSON, a plausible score
-    point.write_text(altered)
+    if damage == "truncated":
+        _damage(point, damage)
+    else:
+        altered = text.replace('"a": 0.1', '"a": 0.7', 1)
+        assert altered != text and json.loads(altered)  # still valid JSON, a plausible score
+        point.write_text(altered)
     calls = len(score.calls)
-    with pytest.warns(UserWarning, match=rf"{point.name} is damaged \(its sha256 differs"):
+    with pytest.warns(UserWarning, match=rf"{point.name} is damaged \({PROBLEM[damage]}.*\): deleted it, "
+                                         r"computing it again"):
         again = walk_path(slam, {1: 2}, [1], ["a"], score, tmp_path, progress=False)
     assert len(score.calls) == calls + 1  # that point, scored again; the baseline stayed cached
     assert again.score.tolist() == first.score.tolist()
     assert json.loads(point.read_text()) == json.loads(text)
 
 
-def test_a_damaged_final_slam_model_is_refused_naming_the_file_and_the_fix(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_final_slam_model_is_refused_naming_the_file_and_the_fix(damage, tmp_path):
     cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1)
     train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
-    _flip_last_byte(tmp_path / "run" / "final" / "model.safetensors")
-    with pytest.raises(UserError, match=r"final/model.safetensors is damaged \(its sha256 differs .*\): "
+    _damage(tmp_path / "run" / "final" / "model.safetensors", damage)
+    with pytest.raises(UserError, match=rf"final/model.safetensors is damaged \({PROBLEM[damage]}.*\): "
                                         r"delete \S*run to train it again"):
         train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
-    with pytest.raises(UserError, match=r"model.safetensors is damaged .*: delete \S*final and save the "
-                                        r"model again"):
+    with pytest.raises(UserError, match=rf"model.safetensors is damaged \({PROBLEM[damage]}.*\): delete "
+                                        r"\S*final and save the model again"):
         make().load_weights(tmp_path / "run" / "final")
-    (tmp_path / "run" / "final" / "model.safetensors").write_bytes(b"")  # truncated: named by its size
-    with pytest.raises(UserError, match=r"model.safetensors is damaged \(0 bytes, \d+ when written\)"):
-        train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
 
 
-def test_a_damaged_checkpoint_is_refused_naming_the_file_and_the_fix(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_the_fix(damage, tmp_path):
     cfg = _interrupted_run(tmp_path / "run")
     state_path = tmp_path / "run" / "checkpoint" / "state.pt"
-    data = bytearray(state_path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    state_path.write_bytes(bytes(data))
-    with pytest.raises(UserError, match=r"checkpoint/state.pt is damaged \(its sha256 differs .*\): delete "
+    _damage(state_path, damage, at=state_path.stat().st_size // 2)
+    with pytest.raises(UserError, match=rf"checkpoint/state.pt is damaged \({PROBLEM[damage]}.*\): delete "
                                         r"\S*checkpoint to restart the run from step 0"):
         train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
 
 
-def test_a_damaged_converted_model_is_built_again_with_a_warning_naming_the_file():
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_converted_model_is_built_again_with_a_warning_naming_the_file(damage):
     from speechllm_redundancy.zoo import resolve
 
     path = Path(resolve("tiny-llama"))
     weights = path / "model.safetensors"
     original = weights.read_bytes()
-    _flip_last_byte(weights)
-    with pytest.warns(UserWarning, match=r"model.safetensors is damaged \(its sha256 differs .*\): building "
+    _damage(weights, damage)
+    with pytest.warns(UserWarning, match=rf"model.safetensors is damaged \({PROBLEM[damage]}.*\): building "
                                          r"tiny-llama again"):
         assert Path(resolve("tiny-llama")) == path
     assert weights.read_bytes() == original
+
+
+# -- a full disk: the write fails part-way; nothing half-written stays, the user is told what to do ---------
+class _FullDisk:
+    """The disk below ``root`` fills up during the ``nth`` write of a file named ``fills_in``: that write puts
+    out half its bytes, then it and every later write below ``root`` fail with ENOSPC, until ``free()``.
+    Intercepted where the bytes leave: files opened for writing (``io.open``, which ``Path.write_text``
+    uses), and ``torch.save`` / safetensors' ``save_file``, which write from C++ / Rust past any Python file
+    object (their bytes are made in memory here, then written as far as they fit)."""
+
+    def __init__(self, monkeypatch, root: Path, fills_in: str, nth: int = 1):
+        import safetensors.torch
+
+        self.root, self.fills_in, self.nth = root.resolve(), fills_in, nth
+        self.full = self.freed = False
+        real_open, real_save, real_save_file = io.open, torch.save, safetensors.torch.save_file
+
+        def open_(file, mode="r", *args, **kwargs):
+            handle = real_open(file, mode, *args, **kwargs)
+            return _Metered(handle, self, self._fills(file)) if self._watches(file, mode) else handle
+
+        def save(obj, f, *args, **kwargs):
+            if not self._watches(f, "wb"):
+                return real_save(obj, f, *args, **kwargs)
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            with open_(f, "wb") as handle:
+                handle.write(buffer.getvalue())
+
+        def save_file(tensors, filename, metadata=None):
+            if not self._watches(filename, "wb"):
+                return real_save_file(tensors, filename, metadata)
+            with open_(filename, "wb") as handle:
+                handle.write(safetensors.torch.save(tensors, metadata))
+
+        monkeypatch.setattr(io, "open", open_)
+        monkeypatch.setattr(torch, "save", save)
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+    def free(self) -> None:
+        """Space again: writes go through untouched."""
+        self.freed = True
+
+    def _watches(self, file, mode: str) -> bool:
+        return (not self.freed and isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+")
+                and self.root in Path(file).resolve().parents)
+
+    def _fills(self, file) -> bool:
+        """Whether the disk fills while ``file`` (being opened) is written."""
+        if Path(file).name != self.fills_in or self.full:
+            return False
+        self.nth -= 1
+        return self.nth == 0
+
+    def fit(self, fills: bool, size: int) -> int:
+        """How many of ``size`` bytes fit; the write that ``fills`` the disk gets half of them out."""
+        if self.full:
+            return 0
+        if fills:
+            self.full = True
+            return size // 2
+        return size
+
+
+class _Metered:
+    """A file opened for writing on a ``_FullDisk``."""
+
+    def __init__(self, handle, disk: _FullDisk, fills: bool):
+        self._handle, self._disk, self._fills = handle, disk, fills
+
+    def write(self, data):
+        fit = self._disk.fit(self._fills, len(data))
+        if fit < len(data):
+            self._handle.write(data[:fit])
+            self._handle.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._handle.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+def _temporaries(root: Path) -> list[Path]:
+    """What a writer's temporaries (``.<name>.<random>.tmp``) left below ``root``."""
+    from speechllm_redundancy.cache import TEMPORARY
+
+    return [p for p in root.rglob("*") if TEMPORARY.match(p.name)]
+
+
+NO_SPACE = r": no space left on device while writing it; nothing was stored\. Free space on that disk, or "
+BIGGER = {"the cache": "set SPEECHLLM_ARTIFACTS to a folder on a bigger disk",
+          "elsewhere": "write it to a bigger disk"}
+
+
+@pytest.mark.parametrize("where", ["the cache", "elsewhere"])
+@pytest.mark.parametrize("fills_in", ["the value", "its checksum record"])
+def test_a_disk_filling_up_while_a_json_entry_is_written_stores_nothing_and_says_what_to_do(
+        fills_in, where, tmp_path, artifacts, monkeypatch):
+    from speechllm_redundancy.cache import cached_json, verify_entry
+
+    entry = (artifacts if where == "the cache" else tmp_path / "mine") / "points" / "point-n3.json"
+    value = {"n": 3, "scores": {f"set{i}": round(i / 7, 6) for i in range(40)}}
+    record = f".{entry.name}.sha256.json"
+    disk = _FullDisk(monkeypatch, tmp_path, entry.name if fills_in == "the value" else record)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(entry))}{NO_SPACE}{BIGGER[where]}, then run "
+                                        r"again\.$"):
+        cached_json(entry, lambda: value)
+    assert disk.full  # it filled part-way through the write
+    assert [p.name for p in entry.parent.iterdir()] == [f".{entry.name}.lock"]  # no entry, record, temporary
+
+    disk.free()
+    assert cached_json(entry, lambda: value) == value
+    assert verify_entry(entry)  # whole, and sealed
+    straight = tmp_path / "straight" / entry.name
+    assert cached_json(straight, lambda: value) == value
+    assert entry.read_bytes() == straight.read_bytes()
+    assert cached_json(entry, lambda: pytest.fail("computed again")) == value  # a hit from now on
+
+
+def test_a_disk_filling_up_inside_an_entry_written_as_one_names_that_entry(tmp_path, monkeypatch):
+    """As ``slam heal`` saves its output: a model and a record written into the temporary of one folder."""
+    from speechllm_redundancy.cache import atomic_path, atomic_write_json
+
+    out = tmp_path / "healed"
+    _FullDisk(monkeypatch, tmp_path, "heal.json")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(out))}{NO_SPACE}"), atomic_path(out) as tmp:
+        tmp.mkdir()
+        atomic_write_json(tmp / "heal.json", {"start": 3}, seal=True)
+    assert not out.exists() and _temporaries(tmp_path) == []
+
+
+def test_a_disk_filling_up_while_features_are_encoded_keeps_the_whole_shards_and_resumes(
+        tmp_path, whisper_dir, artifacts, monkeypatch):
+    from speechllm_redundancy.cache import verify_entry
+    from speechllm_redundancy.features import cached_features, features_dir
+
+    manifest = write_manifest_dir(tmp_path / "corpus")  # five utterances: shards of 2, 2 and 1
+    out = features_dir(whisper_dir, manifest, "full", 2)
+    disk = _FullDisk(monkeypatch, artifacts, "shard-00001.safetensors")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(out / 'shard-00001.safetensors'))}{NO_SPACE}"
+                                        rf"{BIGGER['the cache']}"):
+        cached_features(whisper_dir, manifest, shard_size=2, batch_size=1, progress=False)
+    assert disk.full
+    assert _entries(out) == ["shard-00000.safetensors"]  # the shard stored before the disk filled; no index
+    assert verify_entry(out / "shard-00000.safetensors")
+    assert _temporaries(artifacts) == []
+
+    disk.free()
+    encoded = []
+    real = SpeechEncoder.encode
+    monkeypatch.setattr(SpeechEncoder, "encode",
+                        lambda self, waves: encoded.append(len(waves)) or real(self, waves))
+    resumed = cached_features(whisper_dir, manifest, shard_size=2, batch_size=1, progress=False)
+    assert sum(encoded) == 3  # the shards missing, not the one stored
+    monkeypatch.setenv("SPEECHLLM_ARTIFACTS", str(tmp_path / "straight"))
+    straight = cached_features(whisper_dir, manifest, shard_size=2, batch_size=1, progress=False)
+    assert straight.directory != resumed.directory and sorted(straight) == sorted(resumed)
+    assert all(torch.equal(resumed[u], straight[u]) for u in straight)
+
+
+def _trained_alike(resumed_model, straight_model, resumed, straight) -> None:
+    for (name, p), (_, q) in zip(straight_model.trainable_parameters().items(),
+                                 resumed_model.trainable_parameters().items(), strict=True):
+        assert torch.equal(p, q), name
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+def test_a_disk_filling_up_while_a_checkpoint_is_saved_keeps_the_last_one_and_resumes_to_the_same_weights(
+        tmp_path, artifacts, monkeypatch):
+    from speechllm_redundancy.cache import verify_entry
+    from speechllm_redundancy.slam import SlamModel
+
+    cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=1, log_every=1)
+    run_dir = artifacts / "run"
+    disk = _FullDisk(monkeypatch, artifacts, "state.pt", nth=3)  # the checkpoint of step 3
+    with pytest.raises(UserError, match=rf"^{re.escape(str(run_dir / 'checkpoint'))}{NO_SPACE}"
+                                        rf"{BIGGER['the cache']}"):
+        train(make(), toy_data(), cfg, run_dir, progress=False)
+    assert disk.full
+    assert _entries(run_dir) == ["checkpoint"]  # no result.json, no final/: not a finished run
+    assert verify_entry(run_dir / "checkpoint", hash_limit=None)  # step 2's, whole
+    assert torch.load(run_dir / "checkpoint" / "state.pt", weights_only=True)["steps"] == {"slam": 2}
+    assert _temporaries(artifacts) == []
+
+    disk.free()
+    forwards = []
+    real = SlamModel.forward
+    monkeypatch.setattr(SlamModel, "forward", lambda self, *a, **k: forwards.append(1) or real(self, *a, **k))
+    resumed_model, straight_model = make(), make()
+    resumed = train(resumed_model, toy_data(), cfg, run_dir, progress=False)
+    assert len(forwards) == 2  # steps 3 and 4, from step 2's checkpoint
+    straight = train(straight_model, toy_data(), cfg, tmp_path / "straight", progress=False)
+    _trained_alike(resumed_model, straight_model, resumed, straight)
+
+
+def test_a_disk_filling_up_while_the_trained_model_is_saved_leaves_no_final_model_and_saves_it_on_rerun(
+        tmp_path, artifacts, monkeypatch):
+    from safetensors.torch import load_file
+
+    from speechllm_redundancy.slam import SlamModel
+
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=1)
+    run_dir = artifacts / "run"
+    disk = _FullDisk(monkeypatch, artifacts, "model.safetensors")  # in SlamModel.save_pretrained
+    with pytest.raises(UserError, match=rf"^{re.escape(str(run_dir / 'final'))}{NO_SPACE}"
+                                        rf"{BIGGER['the cache']}"):
+        train(make(), toy_data(), cfg, run_dir, progress=False)
+    assert disk.full
+    assert _entries(run_dir) == ["checkpoint"]  # no final/, no result.json: not a finished run
+    assert _temporaries(artifacts) == []
+
+    disk.free()
+    forwards = []
+    real = SlamModel.forward
+    monkeypatch.setattr(SlamModel, "forward", lambda self, *a, **k: forwards.append(1) or real(self, *a, **k))
+    resumed_model, straight_model = make(), make()
+    resumed = train(resumed_model, toy_data(), cfg, run_dir, progress=False)
+    assert forwards == []  # the checkpoint held every step: only the save was left to do
+    straight = train(straight_model, toy_data(), cfg, tmp_path / "straight", progress=False)
+    _trained_alike(resumed_model, straight_model, resumed, straight)
+    saved, want = (load_file(d / "final" / "model.safetensors") for d in (run_dir, tmp_path / "straight"))
+    assert saved.keys() == want.keys() and all(torch.equal(saved[k], want[k]) for k in want)
+    make().load_weights(run_dir / "final")  # whole and sealed: it loads
 
 
 # -- two runs at once: one lock per cache entry ------------------------------------------------------------

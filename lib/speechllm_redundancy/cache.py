@@ -27,6 +27,7 @@ nothing has touched for a day and that no live run can still be writing (see the
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -257,29 +258,57 @@ def atomic_path(path: str | os.PathLike, *, seal: bool = False) -> Iterator[Path
     ``seal``: record the size and sha256 of what was written (see the module docstring); a file's record is
     renamed into place first, so a crash between the two renames leaves a record that matches nothing
     stored (a miss, or a mismatch that is recomputed), never an unrecorded new entry. An unsealed write
-    drops a file's old record, which would otherwise condemn the new content.
+    drops a file's old record, which would otherwise condemn the new content. A full disk (or quota) is
+    raised as a ``UserError`` naming ``path`` and the fix, the temporary removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    target = tmp / path.name
+    with _no_space_named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        target = tmp / path.name
+        try:
+            yield target
+            if not target.exists():
+                raise FileNotFoundError(f"atomic_path: nothing was written to {target}")
+            sidecar = _sidecar(path)
+            if seal and target.is_dir():
+                (target / RECORD).write_text(json.dumps(_record(target), indent=1, sort_keys=True) + "\n")
+            elif seal:
+                (tmp / sidecar.name).write_text(json.dumps(_record(target), indent=1, sort_keys=True) + "\n")
+                os.replace(tmp / sidecar.name, sidecar)
+            else:
+                sidecar.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            os.replace(target, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _no_space_named(path: Path) -> Iterator[None]:
+    """Turn a full disk (or quota) met while writing the entry ``path`` into a ``UserError`` naming it and the
+    fix. Every cache entry and output is written through ``atomic_path``, so this is the one place that
+    knows which entry a bare ``[Errno 28]`` from deep inside torch.save or safetensors was writing. A write
+    inside another entry's temporary (a model saved into a folder written as one) leaves it to that entry:
+    the temporary is gone when the user reads the message."""
     try:
-        yield target
-        if not target.exists():
-            raise FileNotFoundError(f"atomic_path: nothing was written to {target}")
-        sidecar = _sidecar(path)
-        if seal and target.is_dir():
-            (target / RECORD).write_text(json.dumps(_record(target), indent=1, sort_keys=True) + "\n")
-        elif seal:
-            (tmp / sidecar.name).write_text(json.dumps(_record(target), indent=1, sort_keys=True) + "\n")
-            os.replace(tmp / sidecar.name, sidecar)
-        else:
-            sidecar.unlink(missing_ok=True)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        yield
+    except OSError as err:
+        if (err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+                or any(TEMPORARY.match(folder.name) for folder in path.parents)):
+            raise
+        from speechllm_redundancy.paths import artifacts_dir
+
+        try:
+            cached = path.resolve().is_relative_to(artifacts_dir().resolve())
+        except OSError:
+            cached = False
+        bigger = ("set SPEECHLLM_ARTIFACTS to a folder on a bigger disk" if cached
+                  else "write it to a bigger disk")
+        full = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        raise UserError(f"{path}: {full} while writing it; nothing was stored. Free space on that disk, or "
+                        f"{bigger}, then run again.") from err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, seal: bool = False) -> Path:
