@@ -475,17 +475,28 @@ def test_a_disk_filling_up_while_features_are_encoded_keeps_the_whole_shards_and
     assert all(torch.equal(resumed[u], straight[u]) for u in straight)
 
 
-def _trained_alike(resumed_model, straight_model, resumed, straight) -> None:
+def _rerun_trains_alike(monkeypatch, cfg, run_dir, straight_dir) -> int:
+    """Train into the interrupted ``run_dir`` again and, beside it, straight into ``straight_dir``; both end
+    with the same weights and losses. Returns how many forward passes the re-run needed."""
+    from speechllm_redundancy.slam import SlamModel
+
+    forwards = []
+    real = SlamModel.forward
+    monkeypatch.setattr(SlamModel, "forward", lambda self, *a, **k: forwards.append(1) or real(self, *a, **k))
+    resumed_model, straight_model = make(), make()
+    resumed = train(resumed_model, toy_data(), cfg, run_dir, progress=False)
+    rerun_forwards = len(forwards)
+    straight = train(straight_model, toy_data(), cfg, straight_dir, progress=False)
     for (name, p), (_, q) in zip(straight_model.trainable_parameters().items(),
                                  resumed_model.trainable_parameters().items(), strict=True):
         assert torch.equal(p, q), name
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    return rerun_forwards
 
 
 def test_a_disk_filling_up_while_a_checkpoint_is_saved_keeps_the_last_one_and_resumes_to_the_same_weights(
         tmp_path, artifacts, monkeypatch):
     from speechllm_redundancy.cache import verify_entry
-    from speechllm_redundancy.slam import SlamModel
 
     cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=1, log_every=1)
     run_dir = artifacts / "run"
@@ -500,21 +511,13 @@ def test_a_disk_filling_up_while_a_checkpoint_is_saved_keeps_the_last_one_and_re
     assert _temporaries(artifacts) == []
 
     disk.free()
-    forwards = []
-    real = SlamModel.forward
-    monkeypatch.setattr(SlamModel, "forward", lambda self, *a, **k: forwards.append(1) or real(self, *a, **k))
-    resumed_model, straight_model = make(), make()
-    resumed = train(resumed_model, toy_data(), cfg, run_dir, progress=False)
-    assert len(forwards) == 2  # steps 3 and 4, from step 2's checkpoint
-    straight = train(straight_model, toy_data(), cfg, tmp_path / "straight", progress=False)
-    _trained_alike(resumed_model, straight_model, resumed, straight)
+    # the re-run does steps 3 and 4, from step 2's checkpoint
+    assert _rerun_trains_alike(monkeypatch, cfg, run_dir, tmp_path / "straight") == 2
 
 
 def test_a_disk_filling_up_while_the_trained_model_is_saved_leaves_no_final_model_and_saves_it_on_rerun(
         tmp_path, artifacts, monkeypatch):
     from safetensors.torch import load_file
-
-    from speechllm_redundancy.slam import SlamModel
 
     cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=1)
     run_dir = artifacts / "run"
@@ -527,14 +530,8 @@ def test_a_disk_filling_up_while_the_trained_model_is_saved_leaves_no_final_mode
     assert _temporaries(artifacts) == []
 
     disk.free()
-    forwards = []
-    real = SlamModel.forward
-    monkeypatch.setattr(SlamModel, "forward", lambda self, *a, **k: forwards.append(1) or real(self, *a, **k))
-    resumed_model, straight_model = make(), make()
-    resumed = train(resumed_model, toy_data(), cfg, run_dir, progress=False)
-    assert forwards == []  # the checkpoint held every step: only the save was left to do
-    straight = train(straight_model, toy_data(), cfg, tmp_path / "straight", progress=False)
-    _trained_alike(resumed_model, straight_model, resumed, straight)
+    # the checkpoint held every step: only the save was left to do
+    assert _rerun_trains_alike(monkeypatch, cfg, run_dir, tmp_path / "straight") == 0
     saved, want = (load_file(d / "final" / "model.safetensors") for d in (run_dir, tmp_path / "straight"))
     assert saved.keys() == want.keys() and all(torch.equal(saved[k], want[k]) for k in want)
     make().load_weights(run_dir / "final")  # whole and sealed: it loads
