@@ -26,7 +26,6 @@ from speechllm_redundancy.angles import AngleMatrix
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.layers import num_decoder_layers
-from speechllm_redundancy.paths import artifact_path
 
 ASR_TEST_SPLITS = ("test-clean", "test-other", "dev-ood")
 
@@ -275,7 +274,7 @@ class Study:
     def walk_dir(self, run: SlamRun) -> Path:
         """The folder of ``run``'s walks: their points and healing runs (``sweep.healing_dir``, keyed by
         ``run.key``)."""
-        return artifact_path("sweeps", f"{run.task}-{run.key}")
+        return sweep.walk_cache_dir(run.task, run.key)
 
     def removable(self, walk: pd.DataFrame, run: SlamRun) -> float:
         """The paper's removable fraction of a walk (ASR: ΔWER ≤ +25 %, AST: ΔBLEU ≥ −10 % on every set)."""

@@ -197,13 +197,6 @@ def model_key(folder: Path) -> str:
     return key_of([(p.relative_to(folder).as_posix(), file_sha256(p)) for p in files])
 
 
-def walk_dir(task: str, key: str) -> Path:
-    """Where the model's walk points and healing runs are cached (as ``Study.walk_dir`` keeps a chapter's)."""
-    from speechllm_redundancy.paths import artifact_path
-
-    return artifact_path("sweeps", f"{task}-{key}")
-
-
 def optimal_path(slam, key: str, args) -> dict[int, int]:
     """{n: l*(n)}: the model's speech-derived optimal path (``sweep.speech_angles``), measured once and cached
     (under a launch, by the first process)."""
@@ -301,7 +294,7 @@ def _heal(args) -> int:
     from speechllm_redundancy.healing import heal, trains_something
     from speechllm_redundancy.layers import num_decoder_layers
     from speechllm_redundancy.pruning import receiving_layer
-    from speechllm_redundancy.sweep import healing_dir
+    from speechllm_redundancy.sweep import healing_dir, walk_cache_dir
 
     out = Path(args.out)
     check_output_dir(out, HEAL_RECORD, "slam heal")  # before loading anything: a clash is named at once
@@ -316,7 +309,7 @@ def _heal(args) -> int:
     result = None
     if trains_something(args.strategy, start, size, layers, config):
         data = training_data(slam, args)
-        where = healing_dir(walk_dir(args.task, key), key, size, start, args.strategy, config, data)
+        where = healing_dir(walk_cache_dir(args.task, key), key, size, start, args.strategy, config, data)
         result = heal(slam, start, size, args.strategy, data, config, where, progress=is_main_process())[1]
     if not is_main_process():  # the processes of one launch healed one model: the first one writes it
         return 0
@@ -407,7 +400,8 @@ def _walk(args) -> int:
 
     from speechllm_redundancy.cache import file_sha256, key_of
     from speechllm_redundancy.layers import num_decoder_layers
-    from speechllm_redundancy.sweep import manifest_evaluator, path_sizes, removable, walk_path
+    from speechllm_redundancy.sweep import (manifest_evaluator, path_sizes, removable, walk_cache_dir,
+                                            walk_path)
 
     out = Path(args.out) if args.out else None
     if out is not None:
@@ -425,7 +419,7 @@ def _walk(args) -> int:
     evaluate = manifest_evaluator(sets, args.task, limit=args.limit, max_new_tokens=args.max_new_tokens,
                                   progress=is_main_process())
     points_key = key_of(key, args.limit, args.max_new_tokens, {name: file_sha256(p) for name, p in sets.items()})
-    walks = {s: walk_path(slam, path, sizes, list(sets), evaluate, walk_dir(args.task, key), strategy=s,
+    walks = {s: walk_path(slam, path, sizes, list(sets), evaluate, walk_cache_dir(args.task, key), strategy=s,
                           key=points_key, model_key=key, progress=is_main_process(),
                           **({} if s == "none" else healing))
              for s in strategies}

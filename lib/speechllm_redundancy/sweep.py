@@ -101,6 +101,14 @@ def text_angles(llm: str, sentences: Sequence[str], device: str = "cpu", progres
     return cached_angles(artifact_path("angles", f"text-{key_of(llm, list(sentences))}.json"), compute)
 
 
+def walk_cache_dir(task: str, model_key: str) -> Path:
+    """The folder of one trained model's walks (``model_key``, of a ``task`` model): their points and healing
+    runs (``healing_dir``), shared by the chapters (``Study.walk_dir``) and ``slam heal|walk``."""
+    from speechllm_redundancy.paths import artifact_path
+
+    return artifact_path("sweeps", f"{task}-{model_key}")
+
+
 def healing_dir(out_dir: str | os.PathLike, model_key: str, n: int, start: int, strategy: str, heal_config,
                 heal_data) -> Path:
     """Where a walk in ``out_dir`` heals its point (n layers from ``start``, ``strategy``): keyed by the model
