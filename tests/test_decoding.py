@@ -368,3 +368,36 @@ def test_bf16_decoding_is_opt_in_and_gives_well_formed_hypotheses():
     vocab = model.llm.get_input_embeddings().weight.shape[0]
     assert all(isinstance(t, int) and 0 <= t < vocab for row in out for t in row) and any(out)
     assert all(isinstance(model.layout.finish("asr", ids), str) for ids in out)
+
+
+def test_min_new_tokens_rules_out_the_stops_until_each_rows_floor_as_hf_generate_does():
+    """Rows whose stop comes before their floor write on (the next-best token) until the floor, and then stop
+    as usual; rows with a floor they pass anyway decode as without one. Batched, with rows joining as others
+    end, it equals Hugging Face ``generate(min_new_tokens=…)`` one row at a time."""
+    from redundancy_tiny import COMMON, tiny_llama
+
+    llm = tiny_llama(layers=3)
+    lengths, caps, pad = [3, 17, 9, 30, 5, 12], [40, 40, 40, 40, 40, 25], COMMON["pad_token_id"]
+    embeds, mask = token_rows(llm, lengths)
+    free = greedy(llm, embeds, mask, caps, set(), pad)
+    stop = spread_stop(free, caps)
+    plain = greedy(llm, embeds, mask, caps, {stop}, pad, keep_stop=True)
+    stopped = [i for i, r in enumerate(plain) if r and r[-1] == stop]
+    assert len(stopped) >= 2
+    floors = [0] * len(caps)
+    for i in stopped[:2]:
+        floors[i] = min(len(plain[i]) + 3, caps[i])  # past where the row stopped without a floor
+    floors[stopped[-1]] = max(floors[stopped[-1]], 1)  # a floor the row passes anyway
+    for width in (None, 2):
+        floored = greedy(llm, embeds, mask, caps, {stop}, pad, keep_stop=True, width=width, min_new_tokens=floors)
+        for i in stopped[:2]:
+            assert len(floored[i]) > len(plain[i]) and stop not in floored[i][: floors[i]]
+            assert floored[i][: len(plain[i]) - 1] == plain[i][:-1]  # the same up to the forbidden stop
+        for i in set(range(len(caps))) - set(stopped[:2]):
+            assert floored[i] == plain[i], i
+        for i, (n, c, f) in enumerate(zip(lengths, caps, floors)):
+            hf = llm.generate(inputs_embeds=embeds[i : i + 1, -n:], attention_mask=torch.ones(1, n, dtype=torch.long),
+                              do_sample=False, max_new_tokens=c, min_new_tokens=f, eos_token_id=[stop],
+                              pad_token_id=pad)[0].tolist()
+            assert floored[i] == hf, i
+    assert greedy(llm, embeds, mask, caps, {stop}, pad, keep_stop=True, min_new_tokens=0) == plain

@@ -505,3 +505,38 @@ def test_soft_prompt_survives_save_and_load_and_bad_settings_are_user_errors(tmp
         make(prompt_vectors=-1)
     with pytest.raises(UserError, match="prompt_init"):
         make(prompt_vectors=2, prompt_init="")
+
+
+def test_generate_floors_each_compressed_rows_output_at_its_task_share_of_the_segments(monkeypatch):
+    """Under CTC compression an ASR output may not stop before MIN_OUTPUT_RATIO × its segments (a frozen
+    decoder would otherwise end the sentence at a garbled stretch); translation has no floor, nor has a model
+    that reads projected frames (their number says little of the output's length); the floor never exceeds
+    the cap."""
+    import speechllm_redundancy.decoding as decoding
+    from speechllm_redundancy.slam import MIN_OUTPUT_RATIO
+
+    seen = []
+    real = decoding.greedy
+
+    def spy(llm, embeds, mask, caps, *args, min_new_tokens=0, **kwargs):
+        seen.append(list(min_new_tokens))
+        return real(llm, embeds, mask, caps, *args, min_new_tokens=min_new_tokens, **kwargs)
+
+    monkeypatch.setattr(decoding, "greedy", spy)
+    f = feats(80, 40)
+    model = ctc_model("hard")
+    segments = model.embed_batch(f, "asr")["speech_lengths"]
+    assert min(segments) >= 4  # long enough for a floor of a few tokens
+    by_length = sorted(segments)  # generate decodes in order of length
+    model.generate(f, "asr", max_new_tokens=500)
+    assert seen.pop() == [int(MIN_OUTPUT_RATIO["asr"] * n) for n in by_length]
+    model.generate(f, "asr", max_new_tokens=500, min_tokens_per_segment=0.5)
+    assert seen.pop() == [int(0.5 * n) for n in by_length]
+    model.generate(f, "asr", max_new_tokens=2)
+    assert seen.pop() == [2, 2]
+    model.generate(f, "ast-en-de", max_new_tokens=500)
+    assert seen.pop() == [0, 0]
+    make().generate(f, "asr", max_new_tokens=500)
+    assert seen.pop() == [0, 0]
+    with pytest.raises(UserError, match="min_tokens_per_segment"):
+        model.generate(f, "asr", min_tokens_per_segment=-1)

@@ -206,12 +206,21 @@ def _join_layer(layer, other):
     layer.values = torch.cat([pad(layer.values), pad(other.values)])
 
 
+def _unstopped(logits: torch.Tensor, stops: torch.Tensor, early: torch.Tensor) -> torch.Tensor:
+    """``logits`` with the stop ids ruled out in the rows that are ``early`` (not yet at their floor)."""
+    logits = logits.clone()
+    logits[:, stops] = logits[:, stops].masked_fill(early[:, None], float("-inf"))
+    return logits
+
+
 @torch.inference_mode()
 def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | Sequence[int],
            stop_ids: Iterable[int | None], pad_id: int, keep_stop: bool = False,
-           width: int | None = None) -> list[list[int]]:
+           width: int | None = None, min_new_tokens: int | Sequence[int] = 0) -> list[list[int]]:
     """Generate token ids per row until a stop id or the row's token cap. The stop token itself is
     returned only with ``keep_stop`` (a stop *string* may share its token with text, e.g. '."').
+    ``min_new_tokens`` (per row or one for all): the stop ids cannot be chosen before a row has written
+    this many tokens (its next-best token is taken instead; Hugging Face's ``min_new_tokens``).
 
     ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L) must be left-padded (real tokens last); they
     are fed in the decoder's dtype (``decoder_in``). ``width``: at most this many rows decode at once, the
@@ -222,6 +231,9 @@ def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_n
     dev = inputs_embeds.device
     caps = torch.tensor([max_new_tokens] * b if isinstance(max_new_tokens, int) else list(max_new_tokens),
                         dtype=torch.long, device=dev)
+    floors = torch.tensor([min_new_tokens] * b if isinstance(min_new_tokens, int) else list(min_new_tokens),
+                          dtype=torch.long, device=dev)
+    floored = bool(b) and int(floors.max()) > 0
     longest = max(int(caps.max()), 0) if b else 0
     tokens = torch.full((b, longest), pad_id, dtype=torch.long, device=dev)
     written = torch.zeros(b, dtype=torch.long, device=dev)  # tokens so far, then the row's result length
@@ -232,7 +244,10 @@ def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_n
         if len(waiting) and len(batch) < width:
             new, waiting = waiting[: width - len(batch)], waiting[width - len(batch) :]
             batch.join(new, inputs_embeds[new], attention_mask[new])
-        nxt, rows = batch.logits.argmax(-1), batch.rows
+        rows, logits = batch.rows, batch.logits
+        if floored:  # no host sync: rows past their floor are left as they are
+            logits = _unstopped(logits, stops, written[rows] < floors[rows])
+        nxt = logits.argmax(-1)
         tokens[rows, written[rows]] = nxt
         written[rows] += 1
         hit = torch.isin(nxt, stops)
