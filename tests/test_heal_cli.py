@@ -144,6 +144,7 @@ def test_walk_writes_every_level_and_walking_again_is_served_from_the_cache(tiny
     ("walk", ["--fractions", "0.25", "0", "--path-manifest", "m.jsonl", "--eval", "m.jsonl"],
      "'0' is not a fraction strictly between 0 and 1"),
     ("heal", ["--start", "1", "--size", "0"], "'0': give a whole number >= 1"),
+    ("walk", ["--path-manifest", "m.jsonl", "--eval", "m.jsonl", "--grad-accum", "0"], "'0': give a whole number >= 1"),
 ])
 def test_bad_flags_are_refused_naming_the_flag_and_what_it_takes(tiny, tmp_path, capsys, command, args, message):
     with pytest.raises(SystemExit) as exit_:
@@ -152,6 +153,27 @@ def test_bad_flags_are_refused_naming_the_flag_and_what_it_takes(tiny, tmp_path,
     assert exit_.value.code == 2 and message in err
     if "choice" in message:  # and the choices
         assert all(f"'{s}'" in err for s in ("none", "decoder", "projector", "both"))
+
+
+def test_the_healing_flags_are_slam_trains_own_with_its_help_and_checks(capsys):
+    """One declaration serves `slam train` and the healing runs of `slam heal|walk`: the same help; the same
+    refusal of a batch of no utterances; defaults filled in where healing needs them, left unset in `train`
+    (which tells what a user gave from what a profile fills in)."""
+    import argparse
+
+    from speechllm_redundancy.cli import build_parser
+
+    parser = build_parser()
+    slam = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["slam"]
+    commands = next(a for a in slam._actions if isinstance(a, argparse._SubParsersAction)).choices
+    flags = {name: {a.option_strings[0]: a for a in commands[name]._actions if a.option_strings}
+             for name in ("train", "heal", "walk")}
+    for flag in ("--batch-size", "--grad-accum", "--lr", "--seed", "--mixed-precision"):
+        assert flags["heal"][flag].help == flags["walk"][flag].help == flags["train"][flag].help, flag
+        assert flags["train"][flag].default is None and flags["heal"][flag].default is not None, flag
+    with pytest.raises(SystemExit):
+        main(["slam", "train", "--train", "m.jsonl", "--batch-size", "0"])
+    assert "'0': give a whole number >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("block, options, message", [

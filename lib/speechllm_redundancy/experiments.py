@@ -25,7 +25,9 @@ from speechllm_redundancy import sweep
 from speechllm_redundancy.angles import AngleMatrix
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.healing import HEALING_STEPS
 from speechllm_redundancy.layers import num_decoder_layers
+from speechllm_redundancy.pruning import PATH_SAMPLES
 
 ASR_TEST_SPLITS = ("test-clean", "test-other", "dev-ood")
 
@@ -47,9 +49,9 @@ class Settings:
     ast_train_limit: int | None = 2048  # per translation direction
     eval_limit: int | None = 100  # utterances decoded per evaluation set and pruning point
     max_new_tokens: int | None = None  # None: the decoder's default cap
-    path_samples: int = 64  # utterances whose angles give a model's pruning path
+    path_samples: int = PATH_SAMPLES  # utterances whose angles give a model's pruning path
     path_split: str | None = None  # where they come from (None: see Study.path_split)
-    healing_steps: int = 300  # steps of each healing run
+    healing_steps: int = HEALING_STEPS  # steps of each healing run
 
     @classmethod
     def of(cls, namespace: Mapping[str, Any], **overrides) -> "Settings":

@@ -26,6 +26,7 @@ DECODER_SIDE = ("decoder", "both")  # strategies that add LoRA on the receiving 
 # LoRA settings for the receiving layer (the paper's numbers were lost in extraction: peft-typical values)
 HEALING_LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+HEALING_STEPS = 300  # a healing run's steps unless told otherwise (the chapters' and `slam heal`'s default)
 WARMUP_SHARE = 0.1  # of a healing run's steps spent warming up (then a linear decay to zero)
 # in every healing run's cache key: runs cached before the receiving layer's LoRA was drawn from the run's seed
 # (it came from the global generator, so from whatever ran before) are not reused

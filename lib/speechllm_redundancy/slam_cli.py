@@ -10,6 +10,7 @@ model: slam_pruning_cli).
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -44,7 +45,44 @@ TRAIN_HELP = {
     "freeze_projector": "train only the adapters and soft prompt in the next-token phase",
     "prompt_lr": "learning rate of the soft prompt (default: --lr)",
     "max_minutes": "stop (and save) once this much training time has passed",
+    "mixed_precision": "bf16 autocast: auto (where faster: GPUs with bf16), no or bf16",
 }
+POSITIVE_TRAIN_SETTINGS = ("batch_size", "grad_accum", "ctc_batch_size", "checkpoint_every")
+
+
+def add_train_flag(parser, name: str, keep_default: bool = False) -> None:
+    """Declare TrainConfig field ``name`` as ``--name`` with its help from TRAIN_HELP: one declaration for
+    `slam train` and the healing runs of `slam heal|walk`. ``keep_default``: the flag defaults to the field's
+    default (else to None, so that a command can tell the settings a user gave from those it fills in)."""
+    from speechllm_redundancy.training import TrainConfig
+
+    field = TrainConfig.__dataclass_fields__[name]
+    flag = "--" + name.replace("_", "-")
+    help_text = f"{TRAIN_HELP[name]} (default {field.default})"
+    default = field.default if keep_default else None
+    if name == "mixed_precision":
+        parser.add_argument(flag, choices=("auto", "no", "bf16"), default=default, help=help_text)
+    elif isinstance(field.default, bool):
+        parser.add_argument(flag, action="store_const", const=True, default=default, help=help_text)
+    elif isinstance(field.default, float) or name in ("max_minutes", "prompt_lr"):
+        parser.add_argument(flag, type=float, default=default, help=help_text)
+    else:
+        parser.add_argument(flag, type=whole_number(1 if name in POSITIVE_TRAIN_SETTINGS else 0), default=default,
+                            help=help_text)
+
+
+def whole_number(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= {minimum}")
+        return value
+
+    return parse
 
 
 def register(subparsers) -> None:
@@ -104,16 +142,8 @@ def register(subparsers) -> None:
     tr.add_argument("--init-from", help="start from this saved SLAM model's projector and CTC head "
                                         "(e.g. a CTC warm start's final/)")
     for f in fields(TrainConfig):  # every training setting is a flag (--steps, --lr, --ctc-warmup-steps …)
-        if f.name in ("betas", "log_every", "mixed_precision"):
-            continue
-        text = TRAIN_HELP.get(f.name) and f"{TRAIN_HELP[f.name]} (default {f.default})"
-        if isinstance(f.default, bool):
-            tr.add_argument("--" + f.name.replace("_", "-"), action="store_const", const=True, help=text)
-            continue
-        kind = float if isinstance(f.default, float) or f.name in ("max_minutes", "prompt_lr") else int
-        tr.add_argument("--" + f.name.replace("_", "-"), type=kind, help=text)
-    tr.add_argument("--mixed-precision", choices=("auto", "no", "bf16"),
-                    help="bf16 autocast: auto (where faster: GPUs with bf16), no or bf16 (default auto)")
+        if f.name not in ("betas", "log_every"):
+            add_train_flag(tr, f.name)
     tr.add_argument("--eval", help="manifest to score during training (first --eval-limit utterances)")
     tr.add_argument("--eval-every", type=int, default=0,
                     help="score --eval every N next-token steps (0: only at the end)")

@@ -24,14 +24,12 @@ from pathlib import Path
 
 from speechllm_redundancy.distributed import is_main_process, main_process_first
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.slam_cli import TASK_HELP, TASKS, _model_dir
+from speechllm_redundancy.slam_cli import TASK_HELP, TASKS, _model_dir, add_train_flag, whole_number
 
 MODEL_DIR = "final"  # in a `slam heal` folder: the healed SLAM model (as in a `slam train` folder)
 DECODER_DIR = "decoder"  # ... and the pruned decoder it reads, a Hugging Face model folder
 HEAL_RECORD = "heal.json"  # ... and what was removed and how it was healed
 WALK_RECORD, WALK_TABLE = "walk.json", "walk.csv"  # a `slam walk` folder
-PATH_LIMIT = 64  # utterances the path's angles average over (the chapters' ``Settings.path_samples``)
-HEALING_STEPS = 300  # the chapters' ``Settings.healing_steps``
 
 
 def register(sub) -> None:
@@ -39,8 +37,8 @@ def register(sub) -> None:
     heal = sub.add_parser("heal", help="remove a block of decoder layers from a trained SLAM model, heal it, "
                                        "save the result as a SLAM model folder")
     _model_args(heal)
-    heal.add_argument("--start", type=_whole(0), help="first decoder layer to remove (with --size)")
-    heal.add_argument("--size", type=_whole(1), help="number of consecutive layers to remove (with --start)")
+    heal.add_argument("--start", type=whole_number(0), help="first decoder layer to remove (with --size)")
+    heal.add_argument("--size", type=whole_number(1), help="number of consecutive layers to remove (with --start)")
     heal.add_argument("--fraction", type=_fraction,
                       help="instead of --start/--size: remove round(FRACTION x layers) layers, the block the "
                            "model's optimal path removes (angles of --path-manifest)")
@@ -68,8 +66,8 @@ def register(sub) -> None:
     walk.add_argument("--eval", nargs="+", required=True, metavar="[NAME=]MANIFEST",
                       help="evaluation manifests, each scored at every level (NAME: its column; default the "
                            "file's stem)")
-    walk.add_argument("--limit", type=_whole(1), help="utterances decoded per set and level (default: all)")
-    walk.add_argument("--max-new-tokens", type=_whole(1), help="cap on each output's tokens (default: the "
+    walk.add_argument("--limit", type=whole_number(1), help="utterances decoded per set and level (default: all)")
+    walk.add_argument("--max-new-tokens", type=whole_number(1), help="cap on each output's tokens (default: the "
                                                                "decoder's own)")
     walk.add_argument("--out", help="folder to write walk.csv and walk.json into (new, empty, or an earlier "
                                     "`slam walk` output; default: print only)")
@@ -95,20 +93,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _whole(minimum: int):
-    """An argparse type: a whole number of at least ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= {minimum}")
-        return value
-
-    return parse
-
-
 def _model_args(parser) -> None:
     parser.add_argument("--model", required=True,
                         help="directory written by `slam train` or `slam heal` (or its final/)")
@@ -121,29 +105,24 @@ def _path_args(parser, required: bool = False) -> None:
     parser.add_argument("--path-manifest", required=required,
                         help=f"manifest whose first --path-limit utterances give the model's optimal pruning "
                              f"path{need}: the angles of its own inputs (the paper: a validation set)")
-    parser.add_argument("--path-limit", type=_whole(1), default=PATH_LIMIT,
-                        help=f"utterances of --path-manifest the angles average over (default {PATH_LIMIT})")
+    from speechllm_redundancy.pruning import PATH_SAMPLES
+
+    parser.add_argument("--path-limit", type=whole_number(1), default=PATH_SAMPLES,
+                        help=f"utterances of --path-manifest the angles average over (default {PATH_SAMPLES})")
 
 
 def _healing_args(parser) -> None:
-    from speechllm_redundancy.training import TrainConfig
+    from speechllm_redundancy.healing import HEALING_STEPS
 
+    parser = parser.add_argument_group("healing run", "the short training run after each removal (flags as in "
+                                                      "`slam train`)")
     parser.add_argument("--train", help="manifest the healing trains on (the model's own training data, as in "
                                         "the chapters); needed unless the strategy is none")
-    parser.add_argument("--train-limit", type=_whole(1), help="heal on (and encode) the first N utterances only")
-    parser.add_argument("--steps", type=_whole(1), default=HEALING_STEPS,
+    parser.add_argument("--train-limit", type=whole_number(1), help="heal on (and encode) the first N utterances only")
+    parser.add_argument("--steps", type=whole_number(1), default=HEALING_STEPS,
                         help=f"steps of each healing run (default {HEALING_STEPS}; a tenth of them warm-up)")
-    parser.add_argument("--batch-size", type=_whole(1), default=TrainConfig.batch_size,
-                        help=f"utterances per healing micro-batch (default {TrainConfig.batch_size})")
-    parser.add_argument("--grad-accum", type=_whole(1), default=TrainConfig.grad_accum,
-                        help=f"micro-batches per healing step (default {TrainConfig.grad_accum})")
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr,
-                        help=f"peak learning rate of healing (default {TrainConfig.lr})")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed,
-                        help=f"seed of healing's batch order and random draws (default {TrainConfig.seed})")
-    parser.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default=TrainConfig.mixed_precision,
-                        help="bf16 autocast while healing: auto (where faster: GPUs with bf16), no or bf16 "
-                             "(default auto)")
+    for name in ("batch_size", "grad_accum", "lr", "seed", "mixed_precision"):  # as `slam train` has them
+        add_train_flag(parser, name, keep_default=True)
 
 
 # -- shared steps -----------------------------------------------------------------------------------------
