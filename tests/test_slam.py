@@ -540,3 +540,25 @@ def test_generate_floors_each_compressed_rows_output_at_its_task_share_of_the_se
     assert seen.pop() == [0, 0]
     with pytest.raises(UserError, match="min_tokens_per_segment"):
         model.generate(f, "asr", min_tokens_per_segment=-1)
+
+
+def test_a_model_saved_from_a_pruned_decoder_refuses_the_whole_decoder_its_config_names(tmp_path):
+    """A healing run's model is saved from a pruned decoder while its config still names the whole one: loading
+    it as it stands would put the adapters and soft prompt in front of the wrong decoder and decode nonsense
+    without a word. It is refused, naming both layer counts and the fix; given the pruned decoder, it loads and
+    decodes as it did when saved."""
+    import copy
+
+    from speechllm_redundancy.healing import prune_slam
+    from speechllm_redundancy.layers import num_decoder_layers
+
+    llm_dir = save_tiny_llm(tmp_path / "llm")
+    pruned = prune_slam(lora_model(llm_dir), 0, 1)  # its LoRA merged into the pruned decoder, as healing does
+    f = feats(12, 31)
+    expected = pruned.generate(f, max_new_tokens=8)
+    saved = pruned.save_pretrained(tmp_path / "healed")
+    whole = num_decoder_layers(make(llm_name=llm_dir).llm)
+    with pytest.raises(UserError, match=f"decoder of {whole - 1} layers, but '{llm_dir}' has {whole}: .*llm=…"):
+        SlamModel.from_pretrained(saved)
+    loaded = SlamModel.from_pretrained(saved, llm=copy.deepcopy(pruned.llm), tokenizer=pruned.tokenizer)
+    assert loaded.generate(f, max_new_tokens=8) == expected

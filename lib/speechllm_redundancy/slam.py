@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.layers import decoder_stack
+from speechllm_redundancy.layers import decoder_stack, num_decoder_layers
 
 FORMAT_VERSION = 2  # of a saved model (save_pretrained); 1 was slam.json + adapters packed as name::key
 CONFIG_FILE, WEIGHTS_FILE, ADAPTERS_DIR = "config.json", "model.safetensors", "adapters"  # its layout
@@ -86,9 +86,14 @@ CAP_SLACK = 4
 MIN_OUTPUT_RATIO = {"asr": 0.8}
 DECODING_RULE = (f"cap {CAP_SLACK} + {sorted(OUTPUT_RATIO.items())} x speech; "  # in cached evaluations' keys
                  f"floor {sorted(MIN_OUTPUT_RATIO.items())} x segments")
+# Rows decoded at once. A greedy step costs about the same at 16 rows as at 64 on a CPU (it reads every
+# weight either way), so a wider batch takes fewer steps: trained Qwen2.5-Coder-0.5B SLAM, 64 test-other
+# utterances, the same outputs in 268 / 236 s at 16 rows and 152 / 114 s at 64 (two rounds, alternating,
+# beside a training run: a rough ratio of ~2; `benchmarks/bench_decoding.py --batch-size` measures it).
+DECODE_WIDTH = 64
 # generate embeds this many batches' worth of utterances at once, from which the decoder refills its width
 # as rows end (a batch no longer waits for its slowest row); bounds the inputs held in memory
-DECODE_CHUNK = 8
+DECODE_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -523,7 +528,7 @@ class SlamModel(nn.Module):
     # -- decoding -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, features: Sequence[torch.Tensor], task: str | Sequence[str] = "asr",
-                 max_new_tokens: int = 200, batch_size: int = 16, tokens_per_frame: float | None = None,
+                 max_new_tokens: int = 200, batch_size: int = DECODE_WIDTH, tokens_per_frame: float | None = None,
                  min_tokens_per_segment: float | None = None, progress: bool = False) -> list[str]:
         """Greedy transcripts/translations. Each output is capped at ``max_new_tokens`` and at
         CAP_SLACK + ``tokens_per_frame`` × the speech positions the LLM reads (projected frames, or CTC
@@ -608,6 +613,7 @@ class SlamModel(nn.Module):
             raise UserError(f"{directory} exists and is not a saved SLAM model: choose an empty or new directory.")
         adapters = list(getattr(self.llm, "peft_config", None) or {})
         record = {**asdict(self.config), "slam_format": FORMAT_VERSION, "adapters": adapters,
+                  "llm_layers": num_decoder_layers(self.llm),  # a pruned decoder is not the one config.llm names
                   "llm_fingerprint": llm_fingerprint or _safe_fingerprint(self.config.llm),
                   "encoder_fingerprint": _safe_fingerprint(self.config.encoder)}
         # peft picks each adapter's tensors out of the decoder's state (by default its own)
@@ -672,6 +678,14 @@ class SlamModel(nn.Module):
         config = SlamConfig(**{k: v for k, v in record.items() if k in names})
         model = cls(replace(config, lora=None), llm, tokenizer)  # the adapters come from their folders
         model.config.lora = config.lora
+        saved_layers, layers = record.get("llm_layers"), num_decoder_layers(model.llm)
+        if saved_layers is not None and layers != saved_layers:
+            given = "the LLM passed in" if llm is not None else repr(config.llm)
+            raise UserError(f"{directory} was trained on a decoder of {saved_layers} layers, but {given} has "
+                            f"{layers}: it was saved from a pruned decoder (a healing run's model) that its "
+                            "config does not name. Pass that decoder (SlamModel.from_pretrained(directory, "
+                            "llm=…, tokenizer=…)), or load the final/ of a `slam heal` folder, which names its "
+                            "pruned decoder/.")
         if llm is None and _safe_fingerprint(config.llm) != record["llm_fingerprint"]:
             warnings.warn(f"the LLM {config.llm!r} differs from the one this SLAM model was trained with "
                           "(weights hash changed): results may differ.", stacklevel=2)
