@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import torch
 
 from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.slam import DECODE_WIDTH
 
 # Layouts tried per task by ``search_layouts`` (benchmarks/gold_ceiling.py; book/method.md shows the table).
 # Strings are instructions placed after the speech; dicts are PromptFormats (slam.PromptFormat).
@@ -73,7 +74,7 @@ def gold_pairs(utterances, task: str) -> tuple[list[str], list[str]]:
 
 
 @torch.inference_mode()
-def decode_text_inputs(llm, layout, task: str, sources: Sequence[str], batch_size: int = 16,
+def decode_text_inputs(llm, layout, task: str, sources: Sequence[str], batch_size: int = DECODE_WIDTH,
                        max_new_tokens: int = 200, tokens_per_word: float = 4.0,
                        progress: bool = False) -> list[str]:
     """Greedy answers of ``llm`` to the task's prompt with each source text where the speech goes. Each
@@ -107,7 +108,7 @@ def decode_text_inputs(llm, layout, task: str, sources: Sequence[str], batch_siz
 
 
 def gold_ceiling(llm, tokenizer, task: str, utterances, prompt=None, *, chat_template: bool = True,
-                 system_prompt: str | None = "", batch_size: int = 16, progress: bool = True) -> dict:
+                 system_prompt: str | None = "", batch_size: int = DECODE_WIDTH, progress: bool = True) -> dict:
     """Score of ``llm`` given the gold input as text in the layout ``prompt`` (an instruction or PromptFormat
     dict; None: the library's default for the task). Returns dict(metric, score, hyps, refs). ``progress``
     shows a bar over the utterances decoded."""
@@ -145,7 +146,7 @@ CEILING_FORMAT = 1  # bump when what a cached ceiling holds, or how it is measur
 
 def cached_gold_ceiling(decoder, task: str, manifest_path, limit: int | None = None, *, prompt=None,
                         chat_template: bool = True, system_prompt: str | None = "", dtype: str = "float32",
-                        device: str | None = None, batch_size: int = 16, progress: bool = True) -> dict:
+                        device: str | None = None, batch_size: int = DECODE_WIDTH, progress: bool = True) -> dict:
     """``gold_ceiling`` of a decoder on the first ``limit`` utterances of ``manifest_path`` (None: all),
     computed once and kept under ``artifacts/ceilings/``, keyed by the decoder's weights, its layout, the
     task, the manifest's bytes and ``limit``. Returns dict(metric, score, hyps, refs), ready for

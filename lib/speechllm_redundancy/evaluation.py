@@ -169,12 +169,13 @@ def score(task: str, refs: Sequence[str], hyps: Sequence[str]) -> tuple[str, flo
     return ("wer", wer(refs, hyps)) if task == "asr" else ("bleu", bleu(refs, hyps))
 
 
-def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = None, batch_size: int = 16,
+def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = None, batch_size: int | None = None,
                   max_new_tokens: int = 200, progress: bool = True) -> dict:
     """Greedy-decode a manifest with a SlamModel (features from the shared cache) and score it.
 
     Returns dict(metric, score, chrf (AST only), ids, refs, hyps, seconds, utterances); ``limit`` keeps
-    the first N utterances (the manifest's order), e.g. 200 for a quick check. ``progress`` shows bars over
+    the first N utterances (the manifest's order), e.g. 200 for a quick check; ``batch_size``: rows decoded
+    at once (None: ``slam.DECODE_WIDTH``). ``progress`` shows bars over
     the utterances encoded (first use of a manifest) and decoded. Under ``accelerate launch``
     each process decodes a share of the utterances on its own device (the model moves there) and every
     process returns all of them, in the manifest's order (``distributed.map_in_order``; a row's output
@@ -185,7 +186,9 @@ def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = N
     from speechllm_redundancy.data.manifest import read_manifest, targets
     from speechllm_redundancy.distributed import map_in_order, process_device
     from speechllm_redundancy.features import cached_features
+    from speechllm_redundancy.slam import DECODE_WIDTH
 
+    batch_size = batch_size or DECODE_WIDTH
     utts = read_manifest(manifest_path)[: limit or None]
     refs = targets(utts, task, manifest_path)  # before encoding: a missing reference fails at once
     store = cached_features(model.config.encoder, manifest_path, whisper_window=model.config.whisper_window,

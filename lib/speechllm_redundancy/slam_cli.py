@@ -156,7 +156,8 @@ def register(subparsers) -> None:
     ev.add_argument("--manifest", required=True, help="manifest to decode and score (JSON Lines)")
     ev.add_argument("--task", default="asr", choices=TASKS, help=TASK_HELP)
     ev.add_argument("--limit", type=int, default=None, help="only the first N utterances")
-    ev.add_argument("--batch-size", type=int, default=16, help="utterances decoded at once")
+    ev.add_argument("--batch-size", type=whole_number(1), help="utterances decoded at once (default: "
+                                                                "slam.DECODE_WIDTH, 64)")
     ev.add_argument("--hyps", help="write id/ref/hyp JSON Lines here (must not exist)")
     ev.set_defaults(func=_evaluate)
 
