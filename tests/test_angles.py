@@ -235,6 +235,7 @@ def test_text_batches_pad_on_the_tokenizers_side_with_eos_if_it_has_no_pad_token
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert mask.tolist() == [[0] * 9 + [1] * 3, [1] * 12]
     assert ids[0, :9].tolist() == [tok.eos_token_id] * 9 and tok.decode(ids[0, 9:]) == "<s>hi"
+    assert tok.pad_token is None  # the caller's tokenizer is left as it was given
     tok.pad_token = tok.eos_token = None
     with pytest.raises(UserError, match="neither a pad nor an end-of-text token"):
         angles.text_batches(tok, ["hi"])

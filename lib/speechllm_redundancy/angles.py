@@ -440,16 +440,21 @@ def text_batches(tokenizer, lines: list[str], *, batch_size: int = 8, max_length
     options = {"add_special_tokens": not chat_template, "truncation": True, "max_length": max_length}
     lengths = [len(ids) for ids in tokenizer(list(lines), **options)["input_ids"]]
     order = sorted((i for i, n in enumerate(lengths) if n), key=lengths.__getitem__)
-    if tokenizer.pad_token is None:
+    borrowed = tokenizer.pad_token is None  # pad with end-of-text for these batches, leave the caller's as it was
+    if borrowed:
         if tokenizer.eos_token is None:
             raise UserError("the tokenizer has neither a pad nor an end-of-text token: "
                             "set tokenizer.pad_token.")
         tokenizer.pad_token = tokenizer.eos_token
-    batches = []
-    for i in range(0, len(order), batch_size):
-        chunk = [lines[j] for j in order[i:i + batch_size]]
-        encoded = tokenizer(chunk, padding=True, return_tensors="pt", **options)
-        batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
+    try:
+        batches = []
+        for i in range(0, len(order), batch_size):
+            chunk = [lines[j] for j in order[i:i + batch_size]]
+            encoded = tokenizer(chunk, padding=True, return_tensors="pt", **options)
+            batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
+    finally:
+        if borrowed:
+            tokenizer.pad_token = None
     return batches
 
 

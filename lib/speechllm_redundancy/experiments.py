@@ -24,12 +24,11 @@ import pandas as pd
 from speechllm_redundancy import sweep
 from speechllm_redundancy.angles import AngleMatrix
 from speechllm_redundancy.cache import key_of
+from speechllm_redundancy.data.corpus import ASR_TEST_SPLITS
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.healing import HEALING_STEPS
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.pruning import PATH_SAMPLES
-
-ASR_TEST_SPLITS = ("test-clean", "test-other", "dev-ood")
 
 
 @dataclass(frozen=True)

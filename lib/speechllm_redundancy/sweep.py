@@ -23,6 +23,7 @@ from speechllm_redundancy.evaluation import (ASR_THRESHOLD, AST_THRESHOLD, relat
                                              removable_fraction)
 from speechllm_redundancy.healing import HEALING_INIT, check_strategy, heal, trains_something
 from speechllm_redundancy.layers import num_decoder_layers
+from speechllm_redundancy.pruning import PATH_SAMPLES
 from speechllm_redundancy.slam import DECODING_RULE
 
 
@@ -65,7 +66,7 @@ def path_sizes(num_layers: int, fractions: Sequence[float] | None = None, max_fr
     return sorted({min(num_layers - 1, max(1, round(f * num_layers))) for f in fractions})
 
 
-def speech_angles(slam, manifest: str | os.PathLike, key: str, limit: int | None = 64, task: str = "asr",
+def speech_angles(slam, manifest: str | os.PathLike, key: str, limit: int | None = PATH_SAMPLES, task: str = "asr",
                   progress: bool = True, gold_text: bool = False) -> AngleMatrix:
     """D(l, n) of a trained SLAM model on its own inputs (speech of the first ``limit`` utterances of
     ``manifest`` + the ``task`` prompt): the matrix whose optimal path the walks prune along. Cached under
