@@ -41,21 +41,28 @@ def timed(fn, device):
     return seconds, cpu_seconds, mem.bytes
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES),
                         help="random-init decoder of this real shape (default)")
     parser.add_argument("--model", help="instead, a real model: zoo name, hub id or local dir")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048])
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="dtype of the model's weights (default: float32)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048],
+                        help="sequence lengths in tokens, one table row each (default: 128 512 2048)")
+    parser.add_argument("--batch-size", type=int, default=1, help="sequences per batch (default: 1)")
     parser.add_argument("--batches", type=int, default=2,
                         help="batches per measurement (a stream, as in use)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="interleaved rounds of every method; the best time counts (default: 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]

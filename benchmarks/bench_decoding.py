@@ -42,13 +42,14 @@ from tqdm.auto import tqdm
 
 from speechllm_redundancy.decoding import decoder_in, greedy
 from speechllm_redundancy.encoders import native_bf16
-from speechllm_redundancy.slam import CAP_SLACK, DECODE_CHUNK, SlamConfig, SlamModel
+from speechllm_redundancy.slam import CAP_SLACK, DECODE_CHUNK, DECODE_WIDTH, SlamConfig, SlamModel
 
 DECODERS = ("project", "full-width", "no-cache", "generate")  # the two batched ones back to back
 VARIANTS = ("bf16",)  # opt-in (--bf16): outputs may differ from float32's, so counted, not asserted equal
 
 
-def batches(model: SlamModel, features, task: str = "asr", max_new_tokens: int = 200, batch_size: int = 16):
+def batches(model: SlamModel, features, task: str = "asr", max_new_tokens: int = 200,
+            batch_size: int = DECODE_WIDTH):
     """Left-padded batches as ``SlamModel.generate`` builds them (by length): embeds, mask, caps, stops."""
     order = sorted(range(len(features)), key=lambda i: features[i].shape[0])
     ratio, out = model._output_ratio(task, None), []
@@ -233,22 +234,33 @@ def models(args):
             yield name, model, [torch.randn(t, 512, generator=g) for t in lengths]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--llm", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    parser.add_argument("--llm", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"],
+                        help="packaged decoders to benchmark behind a random projector, without --slam "
+                             "(default: smollm2-135m qwen2.5-coder-0.5b)")
     parser.add_argument("--slam", nargs="+", metavar="DIR",
                         help="saved SLAM model directories, one per decoder shape (with --manifest)")
     parser.add_argument("--manifest", help="the utterances every --slam model decodes")
     parser.add_argument("--limit", type=int, help="utterances (default 200 with --slam, 32 with a random "
                                                    "projector, 12 with --tiny)")
-    parser.add_argument("--task", default="asr")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=16, help="the project decoder's batch")
+    parser.add_argument("--task", default="asr",
+                        help="task whose prompt and stop ids the decoders use (default: asr)")
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="cap on each row's generated tokens, besides its cap by input length "
+                             "(default: 200)")
+    parser.add_argument("--batch-size", type=int, default=DECODE_WIDTH,
+                        help=f"the project decoder's batch (default {DECODE_WIDTH}: SlamModel.generate's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (the test)")
     parser.add_argument("--bf16", action="store_true",
                         help="also the project's decoder in bfloat16 (its speed, and rows that differ)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.slam and not args.manifest:
         parser.error("--slam needs --manifest")

@@ -102,18 +102,24 @@ def run(encoders: dict[str, SpeechEncoder], items, batch_size: int, repeats: int
     return result
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", default="whisper-base", help="zoo name, local HF directory or hub id")
     parser.add_argument("--manifest", help="default: the default profile's train.jsonl")
     parser.add_argument("--limit", type=int, help="utterances (default 128; 12 with --tiny)")
-    parser.add_argument("--window", default="trim", choices=WHISPER_WINDOWS)
+    parser.add_argument("--window", default="trim", choices=WHISPER_WINDOWS,
+                        help="Whisper input: the full 30 s window, the utterance + 2 s (padded) or the "
+                             "utterance only (trim, the default)")
     parser.add_argument("--batch-size", type=int, default=16, help="cached_features' batch (its default)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of both paths; the best time counts")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--tiny", action="store_true", help="a tiny random Whisper on tones (the test)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:

@@ -19,21 +19,31 @@ from speechllm_redundancy.angles import DTYPES
 from speechllm_redundancy.efficiency import SHAPES, measure_efficiency, random_decoder
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES),
                         help="random-init decoder of this real shape (default)")
     parser.add_argument("--model", help="instead, a real model: zoo name, hub id or local dir")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--prompt-tokens", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="dtype of the model's weights (default: float32)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5],
+                        help="shares of the decoder layers to remove, one row each, besides the unpruned "
+                             "row (default: 0.1 0.2 0.3 0.4 0.5)")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default: 1)")
+    parser.add_argument("--prompt-tokens", type=int, default=256,
+                        help="length of the random prompt that is prefilled (default: 256)")
+    parser.add_argument("--new-tokens", type=int, default=32,
+                        help="tokens greedily decoded after the prompt, at least 2 (default: 32)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs of each row; the median counts (default: 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]

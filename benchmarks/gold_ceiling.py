@@ -17,20 +17,27 @@ import time
 import torch
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--llm", nargs="*", default=["smollm2-135m", "qwen2.5-coder-0.5b"],
+                    help="decoders to score: zoo names, hub ids or local dirs "
+                         "(default: smollm2-135m qwen2.5-coder-0.5b)")
+    ap.add_argument("--task", nargs="*", default=["asr", "ast-en-de", "ast-fr-en"],
+                    help="tasks to search layouts for, of asr, ast-en-de, ast-fr-en (default: all three)")
+    ap.add_argument("--corpus", help="folder holding train.jsonl, en-de-train.jsonl, … (default: the default profile's)")
+    ap.add_argument("--limit", type=int, default=48, help="held-out sentences per task (the manifest's last N)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    ap.add_argument("--json", help="also write the rows to this file")
+    return ap
+
+
 def main() -> None:
     from speechllm_redundancy.ceilings import search_layouts
     from speechllm_redundancy.data.corpus import corpus_dir
     from speechllm_redundancy.data.manifest import read_manifest
     from speechllm_redundancy.slam import load_llm
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--llm", nargs="*", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
-    ap.add_argument("--task", nargs="*", default=["asr", "ast-en-de", "ast-fr-en"])
-    ap.add_argument("--corpus", help="folder holding train.jsonl, en-de-train.jsonl, … (default: the default profile's)")
-    ap.add_argument("--limit", type=int, default=48, help="held-out sentences per task (the manifest's last N)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="also write the rows to this file")
-    args = ap.parse_args()
+    args = build_parser().parse_args()
     torch.set_num_threads(args.threads)
     manifests = {"asr": "train.jsonl", "ast-en-de": "en-de-train.jsonl", "ast-fr-en": "fr-en-train.jsonl"}
     rows = []

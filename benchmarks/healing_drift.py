@@ -321,7 +321,7 @@ def tiny_subject(args) -> Subject:
                    feats, refs, evaluate, "toy words")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default",
@@ -350,6 +350,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny-ctc-steps", type=int, default=60, help="--tiny only: CTC warm-start steps")
     parser.add_argument("--tiny-lr", type=float, default=5e-3, help="--tiny only: healing learning rate")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or (1 if args.tiny else 2))
     if any(s < 0 for s in args.steps or []):

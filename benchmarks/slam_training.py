@@ -64,6 +64,43 @@ def _value(text: str):
         return text
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from speechllm_redundancy.slam import SlamConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--llm", default=SlamConfig.llm,
+                    help=f"decoder: zoo name, local dir or hub id (default: {SlamConfig.llm})")
+    ap.add_argument("--encoder", default=SlamConfig.encoder,
+                    help="frozen speech encoder: zoo name, local dir or hub id "
+                         f"(default: {SlamConfig.encoder})")
+    ap.add_argument("--task", default="asr",
+                    help="task trained and scored, e.g. asr or ast-fr-en (default: asr)")
+    ap.add_argument("--corpus", default=None, help="corpus folder (default: the default profile's)")
+    ap.add_argument("--train", default="train", help="training split of the corpus")
+    ap.add_argument("--eval", default="test-clean", help="split scored during training")
+    ap.add_argument("--warm-start", help="split the CTC warm start spells (default: --train)")
+    ap.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
+    variants = _variants()
+    ap.add_argument("--variants", nargs="*", default=["frozen-recognised", "lora-fixed"],
+                    choices=list(variants),
+                    help="recipe variants to train, described below (default: frozen-recognised lora-fixed)")
+    ap.add_argument("--ctc-steps", type=int, default=900,
+                    help="steps of the shared CTC warm start (default: 900)")
+    ap.add_argument("--steps", type=int, default=200, help="next-token steps after the warm start")
+    ap.add_argument("--final-sets", nargs="*", default=["test-clean", "test-other", "dev-ood"],
+                    help="splits of the corpus scored at the end")
+    ap.add_argument("--eval-every", type=int, default=50,
+                    help="score --eval every N next-token steps, for the curves (default: 50)")
+    ap.add_argument("--eval-limit", type=int, default=64, help="utterances per evaluation (during and at the end)")
+    ap.add_argument("--whisper-window", default="padded", choices=("full", "padded", "trim"),
+                    help="Whisper features: the utterance only, + 2 s of silence, or the 30 s window")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="TrainConfig overrides for every variant, e.g. lr=5e-4 batch_size=16")
+    return ap
+
+
 def main() -> None:
     from speechllm_redundancy.ceilings import gold_ceiling
     from speechllm_redundancy.data.corpus import corpus_dir
@@ -72,30 +109,8 @@ def main() -> None:
     from speechllm_redundancy.slam import SlamConfig, SlamModel
     from speechllm_redundancy.training import CtcWarmup, TrainConfig, ctc_warm_start, train_from_configs
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--llm", default=SlamConfig.llm)
-    ap.add_argument("--encoder", default=SlamConfig.encoder)
-    ap.add_argument("--task", default="asr")
-    ap.add_argument("--corpus", default=None, help="corpus folder (default: the default profile's)")
-    ap.add_argument("--train", default="train", help="training split of the corpus")
-    ap.add_argument("--eval", default="test-clean", help="split scored during training")
-    ap.add_argument("--warm-start", help="split the CTC warm start spells (default: --train)")
-    ap.add_argument("--train-limit", type=int, help="train on (and encode) only the first N utterances")
+    args = build_parser().parse_args()
     variants = _variants()
-    ap.add_argument("--variants", nargs="*", default=["frozen-recognised", "lora-fixed"], choices=list(variants))
-    ap.add_argument("--ctc-steps", type=int, default=900)
-    ap.add_argument("--steps", type=int, default=200, help="next-token steps after the warm start")
-    ap.add_argument("--final-sets", nargs="*", default=["test-clean", "test-other", "dev-ood"],
-                    help="splits of the corpus scored at the end")
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--eval-limit", type=int, default=64, help="utterances per evaluation (during and at the end)")
-    ap.add_argument("--whisper-window", default="padded", choices=("full", "padded", "trim"),
-                    help="Whisper features: the utterance only, + 2 s of silence, or the 30 s window")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="TrainConfig overrides for every variant, e.g. lr=5e-4 batch_size=16")
-    args = ap.parse_args()
     torch.set_num_threads(args.threads)
     corpus = args.corpus or str(corpus_dir("profiles/default.yaml"))
     path = lambda split: f"{corpus}/{split}.jsonl"  # noqa: E731

@@ -99,7 +99,7 @@ def report(utts, hyps: list[str], by: str) -> list[str]:
     return lines
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", action="append",
                     help="a manifest to decode (repeatable); default: the default profile's "
@@ -112,7 +112,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="group by synthesis engine (espeak, flite, piper) or by voice without its variant "
                          "(espeak:en-us, …); default: engine")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> None:

@@ -49,6 +49,17 @@ def full_window(enc, wave: torch.Tensor) -> torch.Tensor:
     return enc.model(feats).last_hidden_state[0]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--manifest", help="default: the default profile's test-clean")
+    ap.add_argument("--encoder", default="whisper-base",
+                    help="Whisper model: zoo name, local Hugging Face directory or hub id "
+                         "(default: whisper-base)")
+    ap.add_argument("--n", type=int, default=40, help="utterances, the manifest's first N (default: 40)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    return ap
+
+
 def main() -> None:
     from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
@@ -58,12 +69,7 @@ def main() -> None:
     from speechllm_redundancy.encoders import PADDED_SILENCE_SECONDS, SpeechEncoder, resolve_model
     from speechllm_redundancy.evaluation import wer
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--manifest", help="default: the default profile's test-clean")
-    ap.add_argument("--encoder", default="whisper-base")
-    ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = build_parser().parse_args()
     torch.set_num_threads(args.threads)
 
     args.manifest = args.manifest or str(corpus_dir("profiles/default.yaml") / "test-clean.jsonl")

@@ -1,5 +1,6 @@
 """The command line: the installed console script is `cli.main` (what `python -m speechllm_redundancy` runs),
-the package states the Python its locked dependencies need, and every option of every command has help."""
+the package states the Python its locked dependencies need, and every option of every command (and of every
+benchmark script) has help."""
 
 import argparse
 import importlib
@@ -13,6 +14,7 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from benchmark_scripts import load_benchmark
 from speechllm_redundancy import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,4 +77,29 @@ def test_every_command_and_option_has_help():
             if not (choice.help or "").strip():
                 missing.append(f"{' '.join(path)} {choice.dest} (the command)")
     assert {"slam train --steps", "slam train --lora-r", "corpus validate manifest", "angles --batch-size"} <= seen
+    assert not missing
+
+
+def test_every_benchmark_flag_has_help():
+    """Each benchmarks/*.py that parses a command line builds its parser in ``build_parser()`` (so a new
+    benchmark cannot slip past this test), and every one of its options has help."""
+    names = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if "argparse" in p.read_text())
+    without, missing, seen = [], [], set()
+    for name in names:
+        module = load_benchmark(name)
+        if not callable(getattr(module, "build_parser", None)):
+            without.append(name)
+            continue
+        parser = module.build_parser()
+        assert isinstance(parser, argparse.ArgumentParser)
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            flag = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            seen.add(flag)
+            if not (action.help or "").strip():
+                missing.append(flag)
+    assert not without, f"benchmarks without build_parser(): {without}"
+    assert {"bench_angles --device", "bench_decoding --max-new-tokens", "healing_drift --tiny",
+            "slam_training --ctc-steps", "voice_intelligibility --by", "whisper_window --n"} <= seen
     assert not missing
