@@ -13,8 +13,9 @@ batch's width decoded at a time and refilled from the waiting rows as rows end, 
 The physical limit is one decoder forward per generated token per batch, the prefill done once, nothing
 computed for a finished row; the project's decoder runs that, at full width while rows are waiting.
 All four get the same utterances, projected inputs, per-row caps (``SlamModel.generate``'s rule) and stop
-ids, and keep the stop token; their token ids must agree exactly (else the first differing row is printed
-and the run exits non-zero). Float32 on CPU; times exclude the projector and a short untimed warm-up.
+ids, and keep the stop token, without ``SlamModel.generate``'s ASR output floor (``min_new_tokens``, which
+only rules the stop ids out for a row's first tokens: the same steps, other tokens); their token ids must
+agree exactly (else the first differing row is printed and the run exits non-zero). Float32 on CPU; times exclude the projector and a short untimed warm-up.
 ``--bf16`` adds a variant, not compared for equality: the project's decoder on a bfloat16 copy of the LLM
 (``decoding.decoder_in``), its speed in the table and how many rows differ from float32's on the line below.
 

@@ -206,11 +206,10 @@ def _join_layer(layer, other):
     layer.values = torch.cat([pad(layer.values), pad(other.values)])
 
 
-def _unstopped(logits: torch.Tensor, stops: torch.Tensor, early: torch.Tensor) -> torch.Tensor:
-    """``logits`` with the stop ids ruled out in the rows that are ``early`` (not yet at their floor)."""
-    logits = logits.clone()
+def _rule_out_stops(logits: torch.Tensor, stops: torch.Tensor, early: torch.Tensor) -> None:
+    """Rule the stop ids out, in place, in the rows that are ``early`` (not yet at their floor): B × stops
+    values written, not a copy of the (B, vocabulary) logits; they serve this step's choice only."""
     logits[:, stops] = logits[:, stops].masked_fill(early[:, None], float("-inf"))
-    return logits
 
 
 @torch.inference_mode()
@@ -244,10 +243,10 @@ def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_n
         if len(waiting) and len(batch) < width:
             new, waiting = waiting[: width - len(batch)], waiting[width - len(batch) :]
             batch.join(new, inputs_embeds[new], attention_mask[new])
-        rows, logits = batch.rows, batch.logits
+        rows = batch.rows
         if floored:  # no host sync: rows past their floor are left as they are
-            logits = _unstopped(logits, stops, written[rows] < floors[rows])
-        nxt = logits.argmax(-1)
+            _rule_out_stops(batch.logits, stops, written[rows] < floors[rows])
+        nxt = batch.logits.argmax(-1)
         tokens[rows, written[rows]] = nxt
         written[rows] += 1
         hit = torch.isin(nxt, stops)
