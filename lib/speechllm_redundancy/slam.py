@@ -636,9 +636,16 @@ class SlamModel(nn.Module):
         from peft import load_peft_weights, set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        from safetensors import SafetensorError
+
         directory = Path(directory)
         record = _saved_config(directory)
-        state = load_file(str(directory / WEIGHTS_FILE))
+        try:
+            state = load_file(str(directory / WEIGHTS_FILE))
+        except (SafetensorError, OSError) as err:  # a model saved before checksum records, since damaged
+            raise UserError(f"{directory / WEIGHTS_FILE} cannot be read ({err}): the file is damaged. Save the "
+                            "model again (a training run's final model: delete the run's directory to train it "
+                            "again).") from None
         ctc = {k.removeprefix("ctc."): v for k, v in state.items() if k.startswith("ctc.")}
         if ctc:
             self.ctc = CtcHead.from_state(ctc).to(self.device)

@@ -737,7 +737,7 @@ def _load_checkpoint(ckpt_dir: Path, run_key: str) -> dict:
     verify_entry(ckpt_dir, fix=f"delete {ckpt_dir} to restart the run from step 0", hash_limit=None)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:  # OSError: a file cut short
         # torch's message opens with how to bypass the check; the user needs only what was refused
         found = re.search(r"WeightsUnpickler error: (.+?)(?:\.\s|$)", str(err), re.M)
         reason = found.group(1) if found else str(err).split(". ")[0][:200]
