@@ -634,9 +634,8 @@ class SlamModel(nn.Module):
         this model, whose adapters must already exist (``from_pretrained`` builds a model from scratch). A
         file that differs from what ``save_pretrained`` recorded is refused, named."""
         from peft import load_peft_weights, set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
         directory = Path(directory)
         record = _saved_config(directory)
