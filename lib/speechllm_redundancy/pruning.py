@@ -22,9 +22,9 @@ from speechllm_redundancy.cache import atomic_path
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.layers import decoder_stack
 
-# config attributes holding one entry per decoder layer (sliced with the layers)
 # utterances whose angles a pruning path averages over, unless told otherwise (the paper: a validation set)
 PATH_SAMPLES = 64
+# config attributes holding one entry per decoder layer (sliced with the layers)
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "kv_sharing_modes", "no_rope_layers")
 
 
