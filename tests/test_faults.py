@@ -297,15 +297,19 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file_and_the_fix(damage, tmp
         train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
 
 
+def _cut_short_without_a_record(entry: Path, name: str) -> None:
+    """Entry ``entry`` as written before checksum records existed, its file ``name`` then cut in half."""
+    from speechllm_redundancy.cache import RECORD
+
+    (entry / RECORD).unlink()
+    _damage(entry / name, "truncated", at=(entry / name).stat().st_size // 2)
+
+
 def test_a_truncated_checkpoint_from_before_checksum_records_is_refused_naming_the_file(tmp_path):
     """A checkpoint written before entries carried size and sha256 records cannot be checked against them;
     cut short, torch's reader fails, and that too is the toolkit's message, not torch's."""
-    from speechllm_redundancy.cache import RECORD
-
     cfg = _interrupted_run(tmp_path / "run")
-    ckpt = tmp_path / "run" / "checkpoint"
-    (ckpt / RECORD).unlink()  # as written before records existed
-    _damage(ckpt / "state.pt", "truncated", at=(ckpt / "state.pt").stat().st_size // 2)
+    _cut_short_without_a_record(tmp_path / "run" / "checkpoint", "state.pt")
     with pytest.raises(UserError, match=r"checkpoint/state.pt is not a checkpoint this toolkit wrote .*damaged"
                                         r".*delete \S*checkpoint to restart the run from step 0"):
         train(make(), toy_data(), cfg, tmp_path / "run", progress=False)
@@ -314,13 +318,11 @@ def test_a_truncated_checkpoint_from_before_checksum_records_is_refused_naming_t
 def test_a_truncated_slam_model_from_before_checksum_records_is_refused_naming_the_file(tmp_path):
     """The same for a saved SLAM model from before records: its weights file cut short is the toolkit's
     message naming the file, not safetensors' error."""
-    from speechllm_redundancy.cache import RECORD
     from speechllm_redundancy.slam import SlamModel
 
     model = make()
     saved = model.save_pretrained(tmp_path / "model")
-    (saved / RECORD).unlink()  # as written before records existed
-    _damage(saved / "model.safetensors", "truncated", at=(saved / "model.safetensors").stat().st_size // 2)
+    _cut_short_without_a_record(saved, "model.safetensors")
     with pytest.raises(UserError, match=r"model/model.safetensors cannot be read \(.*\): the file is damaged"):
         SlamModel.from_pretrained(saved, llm=model.llm, tokenizer=model.tokenizer)
 

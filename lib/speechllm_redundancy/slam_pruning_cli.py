@@ -101,12 +101,12 @@ def _model_args(parser) -> None:
 
 
 def _path_args(parser, required: bool = False) -> None:
+    from speechllm_redundancy.pruning import PATH_SAMPLES
+
     need = "" if required else " (with --fraction)"
     parser.add_argument("--path-manifest", required=required,
                         help=f"manifest whose first --path-limit utterances give the model's optimal pruning "
                              f"path{need}: the angles of its own inputs (the paper: a validation set)")
-    from speechllm_redundancy.pruning import PATH_SAMPLES
-
     parser.add_argument("--path-limit", type=whole_number(1), default=PATH_SAMPLES,
                         help=f"utterances of --path-manifest the angles average over (default {PATH_SAMPLES})")
 
