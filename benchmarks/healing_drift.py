@@ -4,8 +4,10 @@ fixed CTC head (issue 14, item 7), and what that does to the CTC transcripts and
 Under the ``cpu`` recipe the decoder never reads projected frames: a CTC head, fixed after the warm start,
 labels them and the decoder reads one vector per labelled segment (the labels' embeddings for a frozen
 decoder, p·E for a LoRA one). Healing strategies ``projector`` and ``both`` train the projector (and any
-soft prompt); the head stays as it was, so the segments and labels the decoder reads move with every step.
-This measures by how much, on the model, pruning point and healing runs the chapters use:
+soft prompt); the head stays as it was, so the segments and labels the decoder reads move with every step
+unless the warm start's CTC loss is kept beside the next-token loss as an anchor (``--ctc-weights``; the
+chapters heal with ``healing.CTC_ANCHOR``). This measures by how much, on the model, pruning point and
+healing runs the chapters use:
 
   - the pruned block is the speech-derived path's at ``--fraction`` (``Study.speech_path``, as chapter 2);
   - healing is ``healing.heal`` with the chapter's settings (``Study.heal_config``, a step count per
@@ -20,6 +22,7 @@ This measures by how much, on the model, pruning point and healing runs the chap
 
     python benchmarks/healing_drift.py     # frozen SmolLM2-135M (default profile), 0.2, projector/both
     python benchmarks/healing_drift.py --strategies projector both decoder --steps 0 20 100 300
+    python benchmarks/healing_drift.py --steps 20 --ctc-weights 0 1   # healing with the CTC loss as an anchor
     python benchmarks/healing_drift.py --tiny     # tiny random models, seconds (the test)
 
 The trained model must be in the cache (``make book``, or chapter 1 alone: ``python -m speechllm_redundancy
@@ -33,6 +36,7 @@ import argparse
 import contextlib
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -42,7 +46,7 @@ from tqdm.auto import tqdm
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.evaluation import wer
-from speechllm_redundancy.healing import STRATEGIES, heal, healing_config, prune_slam
+from speechllm_redundancy.healing import INPUT_SIDE, STRATEGIES, heal, healing_config, prune_slam, strategy_config
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.sweep import healing_dir, path_sizes
 
@@ -105,10 +109,16 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 # -- the measurement ------------------------------------------------------------------------------------
 def measure(subject: Subject, fraction: float, strategies: Sequence[str], steps: Sequence[int],
+            ctc_weights: Sequence[float] | None = None, prompt_lr: float | None = None,
             progress: bool = True) -> dict:
     """Prune the subject's model at ``fraction`` along its path; for each step count (0: unhealed, once) and
     strategy, heal and compare the fixed CTC head's labels and transcripts through the original and the
-    healed projector. Returns dict(n, start, layers, unpruned, original, rows)."""
+    healed projector. Strategies that train the projector run once per ``ctc_weights`` entry (None: the
+    chapters' anchor, ``healing.CTC_ANCHOR``): the weight of the warm start's CTC loss kept beside the
+    next-token loss (``TrainConfig.ctc_weight``), the anchor that holds the labels in place; ``prompt_lr``
+    (None: the healing run's rate) is their soft prompt's learning rate (``TrainConfig.prompt_lr``). Every
+    run is keyed by the settings it trains with (``healing.strategy_config``), as the chapters key theirs.
+    Returns dict(n, start, layers, unpruned, original, rows)."""
     model = subject.model
     model.eval()
     if model.ctc is None or not model.config.ctc_compress:
@@ -124,11 +134,18 @@ def measure(subject: Subject, fraction: float, strategies: Sequence[str], steps:
     projector0, ctc0 = _state(model.projector), _state(model.ctc)
     original = {"ctc_wer": wer(refs, hyps0), "segments": sum(map(len, labels0)) / len(labels0)}
     unpruned = subject.evaluate(model)
-    runs = [(0, "none")] * (0 in steps) + [(s, st) for s in sorted(set(steps) - {0}) for st in strategies]
+    weights = [None] if ctc_weights is None else list(dict.fromkeys(float(w) for w in ctc_weights)) or [None]
+    runs = [(0, "none", None)] * (0 in steps) + [
+        (s, st, w) for s in sorted(set(steps) - {0}) for st in strategies
+        for w in (weights if st in INPUT_SIDE else [None])]
     rows = []
-    for count, strategy in tqdm(runs, desc="healing drift", disable=not progress):
+    for count, strategy, weight in tqdm(runs, desc="healing drift", disable=not progress):
+        config = None
         if count:
             config = subject.heal_config(count)
+            if strategy in INPUT_SIDE:
+                config = replace(config, prompt_lr=prompt_lr, **({} if weight is None else {"ctc_weight": weight}))
+            config = strategy_config(model, strategy, config)
             healed, result = heal(model, start, n, strategy, subject.heal_data, config,
                                   subject.heal_dir(n, start, strategy, config), progress=progress)
         else:  # the pruned model as it is (what strategy none walks)
@@ -136,7 +153,7 @@ def measure(subject: Subject, fraction: float, strategies: Sequence[str], steps:
         healed.eval()
         labels, ctc = label_sequences(healed, feats), _state(healed.ctc)
         rows.append({
-            "strategy": strategy, "steps": count,
+            "strategy": strategy, "steps": count, "ctc_weight": config.ctc_weight if config else 0.0,
             "projector_change": relative_change(projector0, _state(healed.projector)),
             "ctc_head_fixed": _same(ctc0, ctc),
             "ctc_wer": wer(refs, ctc_transcripts(healed, feats)),
@@ -162,7 +179,7 @@ def report(subject: Subject, fraction: float, out: dict) -> list[str]:
              f"{'labels changed':>14} | {'token edits':>11} | {'segments':>8} | {'SLAM WER':>8} | "
              f"{'heal min':>8}"]
     for r in out["rows"]:
-        lines.append(f"{r['strategy']:>9} {r['steps']:>5} | {r['projector_change']:>9.2f} % | "
+        lines.append(f"{_strategy_name(r):>9} {r['steps']:>5} | {r['projector_change']:>9.2f} % | "
                      f"{o['ctc_wer']:>8.1f} → {r['ctc_wer']:>6.1f} % | {r['changed']:>12.0f} % | "
                      f"{r['token_edits']:>9.1f} % | {r['segments']:>8.1f} | {r['wer']:>6.1f} % | "
                      f"{r['minutes']:>8.1f}")
@@ -173,7 +190,9 @@ def report(subject: Subject, fraction: float, out: dict) -> list[str]:
     moved = [r for r in out["rows"] if not r["ctc_head_fixed"]]
     if moved:
         lines.append("the CTC head changed during healing of "
-                     + ", ".join(f"{r['strategy']} {r['steps']}" for r in moved) + " (it should stay fixed)")
+                     + ", ".join(f"{_strategy_name(r)} {r['steps']}" for r in moved) + " (it should stay fixed)")
+    if any(r["ctc_weight"] for r in out["rows"]):
+        lines.append("+ctcW: the warm start's CTC loss (weight W) kept beside the next-token loss while healing")
     parts = [f"{_run_name(r)}: CTC WER {o['ctc_wer']:.1f}% -> {r['ctc_wer']:.1f}%, labels changed in "
              f"{r['changed']:.0f}% of utterances ({r['token_edits']:.1f}% token edits), "
              f"SLAM WER {r['wer']:.1f}%" for r in out["rows"]]
@@ -181,8 +200,12 @@ def report(subject: Subject, fraction: float, out: dict) -> list[str]:
     return lines
 
 
+def _strategy_name(row: dict) -> str:
+    return f"{row['strategy']}+ctc{row['ctc_weight']:g}" if row["ctc_weight"] else row["strategy"]
+
+
 def _run_name(row: dict) -> str:
-    return f"{row['steps']} {row['strategy']} steps" if row["steps"] else "unhealed"
+    return f"{row['steps']} {_strategy_name(row)} steps" if row["steps"] else "unhealed"
 
 
 # -- the subjects ---------------------------------------------------------------------------------------
@@ -336,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", nargs="+", type=int,
                         help="healing steps, 0 = pruned and unhealed (default: 0, the profile's "
                              "healing_steps, 100; with --tiny 0 3 10)")
+    parser.add_argument("--ctc-weights", nargs="+", type=float,
+                        help="weights of the warm start's CTC loss kept beside the next-token loss while "
+                             "healing the projector (projector, both), one run each (default: the chapters' "
+                             "anchor, healing.CTC_ANCHOR); e.g. 0 1 compares no anchor with the anchor")
+    parser.add_argument("--prompt-lr", type=float,
+                        help="learning rate of the soft prompt while healing the projector (default: the "
+                             "healing run's own, as the chapters heal)")
     parser.add_argument("--split", default="test-clean", help="corpus split of the test utterances")
     parser.add_argument("--limit", type=int, help="test utterances (default 64; 12 with --tiny)")
     parser.add_argument("--max-new-tokens", type=int,
@@ -359,6 +389,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads or (1 if args.tiny else 2))
     if any(s < 0 for s in args.steps or []):
         parser.error("--steps: use whole numbers ≥ 0")
+    if any(not (w >= 0 and math.isfinite(w)) for w in args.ctc_weights or []):
+        parser.error("--ctc-weights: use numbers ≥ 0 (0: no CTC loss beside the next-token loss)")
+    if args.prompt_lr is not None and not (args.prompt_lr > 0 and math.isfinite(args.prompt_lr)):
+        parser.error("--prompt-lr: use a positive learning rate")
     try:
         if args.tiny:
             subject = tiny_subject(args)
@@ -371,7 +405,8 @@ def main(argv=None) -> int:
 
             default = Settings.of(load_profile(args.profile).parameters(CHAPTER)).healing_steps
             steps = args.steps if args.steps is not None else [0, default, 100]
-        out = measure(subject, args.fraction, args.strategies, steps, progress=not args.quiet)
+        out = measure(subject, args.fraction, args.strategies, steps, args.ctc_weights, args.prompt_lr,
+                      progress=not args.quiet)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

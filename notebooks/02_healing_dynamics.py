@@ -50,7 +50,9 @@ text_path_strategies = ["none", "decoder", "projector", "both"]  # strategies al
 # transcripts of the same utterances as plain text. For each path and each pruning level $n$, the block is
 # removed and the model healed with each strategy for `healing_steps` steps of the SLAM training loss on
 # the training set (the pruned model as a start, the training loop's defaults with a warm-up of a tenth of
-# the run: `healing.healing_config`). Every evaluation set is
+# the run: `healing.healing_config`; under the `cpu` recipe the projector strategies also keep the warm start's
+# CTC loss beside it, so the labels the decoder reads stay put: `healing.CTC_ANCHOR`, the method page's "Healing").
+# Every evaluation set is
 # then decoded greedily (`eval_limit` utterances each). Points shared by the two paths (same $n$, same
 # start) are computed once. The text-derived path is walked with `text_path_strategies` (all four by
 # default; a CPU profile may keep only `none`, since the paths' difference shows before any healing).

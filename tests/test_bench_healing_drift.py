@@ -5,6 +5,7 @@ folders); without a cached model it trains nothing and says what to run; --tiny 
 
 import argparse
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -63,7 +64,23 @@ def test_unhealed_and_decoder_healing_leave_the_labels_projector_healing_moves_t
     assert all(r["ctc_head_fixed"] for r in rows.values())  # … under a CTC head that stayed as it was
     lines = bench.report(subject, 0.2, out)
     assert LAST_LINE.fullmatch(lines[-1]), lines[-1]
-    assert "4 projector steps" in lines[-1] and "4 decoder steps" in lines[-1]
+    assert "4 projector+ctc1 steps" in lines[-1] and "4 decoder steps" in lines[-1]  # the chapters' anchor
+
+
+def test_ctc_weights_heal_the_projector_once_per_weight_beside_the_chapters_run(bench):
+    """Each weight is its own healing run (its own cache folder: the weight is in the run's key), only for
+    strategies that train the projector; weight 0 is the chapters' healing, and the table names the rest."""
+    subject = bench.tiny_subject(tiny_args())
+    out = bench.measure(subject, 0.2, ["projector", "decoder"], [4], ctc_weights=[0, 1, 1], progress=False)
+    rows = [(r["strategy"], r["steps"], r["ctc_weight"]) for r in out["rows"]]
+    assert rows == [("projector", 4, 0.0), ("projector", 4, 1.0), ("decoder", 4, 0.0)]
+    plain, anchored = out["rows"][0], out["rows"][1]
+    assert plain["projector_change"] > 0 and anchored["projector_change"] > 0
+    assert plain["projector_change"] != anchored["projector_change"]  # two runs, not one loaded twice
+    lines = bench.report(subject, 0.2, out)
+    assert any(line.split("|")[0].split() == ["projector+ctc1", "4"] for line in lines)
+    assert "4 projector+ctc1 steps" in lines[-1] and "4 projector steps" in lines[-1]
+    assert LAST_LINE.fullmatch(lines[-1].replace("+ctc1", "")), lines[-1]
 
 
 def test_healing_runs_are_the_walks(bench, monkeypatch, tmp_path):
@@ -86,6 +103,10 @@ def test_healing_runs_are_the_walks(bench, monkeypatch, tmp_path):
         study._walk(run, {1: 2}, [1], "projector", sets=["test-clean"])
     expected = sweep.healing_dir(study.walk_dir(run), run.key, 1, 2, "projector", study.heal_config(), run.data)
     assert seen == [expected, expected]
+    # decoder healing moves no labels: its run is keyed without the CTC anchor, as before the anchor existed
+    study._walk(run, {1: 2}, [1], "decoder", sets=["test-clean"])
+    plain = replace(study.heal_config(), ctc_weight=0.0)
+    assert seen[-1] == sweep.healing_dir(study.walk_dir(run), run.key, 1, 2, "decoder", plain, run.data)
 
 
 def test_without_a_cached_model_it_trains_nothing_and_says_what_to_run(bench, monkeypatch, tmp_path, capsys):

@@ -141,8 +141,13 @@ def test_the_untrained_control_reads_the_same_decoder_through_the_front_end_at_i
     assert longer.key != run.key
     other = study.untrained_speech_angles(longer, "test-clean", 3)
     np.testing.assert_allclose(other.distances, untrained.distances, atol=1e-6)
+    built = []
+    real_untrained = study.untrained
+    study.untrained = lambda r: built.append(r) or real_untrained(r)
     np.testing.assert_array_equal(study.untrained_speech_angles(run, "test-clean", 3).distances,
                                   untrained.distances)
+    assert built == []  # a cache hit builds no control model (a LoRA run's would load the decoder again)
+    del study.untrained
     assert len(list((tmp_path / "artifacts" / "angles").glob("speech-asr-*.json"))) == 3
 
     # a model that was not trained reads its speech exactly as the control does

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from speechllm_redundancy.errors import UserError
-from speechllm_redundancy.healing import (heal, prepare_healing, prune_slam, receiving_mlp_modules,
-                                          trains_something)
+from speechllm_redundancy.healing import (CTC_ANCHOR, heal, healing_config, prepare_healing, prune_slam,
+                                          receiving_mlp_modules, strategy_config, trains_something)
 from speechllm_redundancy.layers import num_decoder_layers
-from speechllm_redundancy.training import TrainConfig
+from speechllm_redundancy.training import CtcWarmup, TrainConfig, train
 from test_training import make, toy_data
 
 torch.set_num_threads(2)
@@ -115,3 +115,56 @@ def test_trains_something_says_what_prepare_healing_unfreezes():
             assert trains_something(strategy, start, size, 3, cfg) == expected, (strategy, start, size)
             assert not trains_something(strategy, start, size, 3, TrainConfig(steps=0))
     assert not trains_something("both", 0, 0, 3, cfg)
+
+
+def reading_ctc_labels(tmp_path):
+    """The cpu recipe's frozen layout on the tiny model: a CTC warm start, then the decoder reads the hard
+    labels of the fixed head's segments."""
+    slam = make(init=0.3)
+    warm = TrainConfig(steps=0, ctc_warmup_steps=40, ctc_batch_size=8, ctc_lr=3e-2, warmup_steps=3,
+                       log_every=1000, checkpoint_every=1000)
+    train(slam, toy_data(), warm, tmp_path / "warm", progress=False)
+    slam.config.ctc_compress, slam.config.ctc_embed = True, "hard"
+    slam.requires_grad_(False)
+    return slam
+
+
+def test_the_ctc_anchor_acts_only_where_healing_moves_the_labels_the_decoder_reads(tmp_path):
+    """Healing runs keep the warm start's CTC loss beside the next-token loss (``CTC_ANCHOR``) only for a
+    strategy that trains the projector of a model that reads CTC labels; elsewhere the setting is 0, so
+    decoder healing and models of the paper recipe keep the settings (and cache keys) they had."""
+    cfg = healing_config(10)
+    assert cfg.ctc_weight == CTC_ANCHOR > 0 and healing_config(10, ctc_weight=0.0).ctc_weight == 0.0
+    labels, frames = reading_ctc_labels(tmp_path), make(init=0.3)
+    for strategy in ("projector", "both"):
+        assert strategy_config(labels, strategy, cfg) == cfg
+        assert strategy_config(frames, strategy, cfg) == TrainConfig(**{**vars(cfg), "ctc_weight": 0.0})
+    for strategy in ("none", "decoder"):
+        assert strategy_config(labels, strategy, cfg).ctc_weight == 0.0
+    assert strategy_config(labels, "decoder", cfg).key() == healing_config(10, ctc_weight=0.0).key()
+    plain = healing_config(10, ctc_weight=0.0)
+    assert strategy_config(labels, "both", plain) is plain  # an explicit 0 stays 0: healing without anchor
+
+
+def test_the_anchor_holds_the_ctc_labels_that_projector_healing_moves(tmp_path):
+    """Projector healing of a model reading CTC labels: the next-token loss alone moves the projector under
+    the fixed head and the CTC loss of what the decoder reads rises; with the anchor it stays near where the
+    warm start left it."""
+    slam, data = reading_ctc_labels(tmp_path), toy_data()
+    feats = [e.features for e in data.examples]
+    targets = [slam.layout._ids(e.target) for e in data.examples]
+
+    def ctc_loss(model):
+        with torch.no_grad():
+            return float(CtcWarmup(model)(feats, targets)["loss"])
+
+    before = ctc_loss(slam)
+    healed = {}
+    for weight in (0.0, CTC_ANCHOR):
+        cfg = healing_config(15, batch_size=8, lr=2e-2, ctc_weight=weight, log_every=1000)
+        healed[weight], _ = heal(slam, 1, 1, "projector", data, cfg, tmp_path / f"heal-{weight}", progress=False)
+    plain, anchored = ctc_loss(healed[0.0]), ctc_loss(healed[CTC_ANCHOR])
+    assert plain > 2 * before  # drift: the labels move far from the transcripts (1.6 -> 7.3 here)
+    assert anchored < 1.1 * before  # held (1.7 here)
+    assert torch.equal(healed[0.0].ctc.vocab, slam.ctc.vocab)  # the head itself never trains
+    assert all(torch.equal(a, b) for a, b in zip(healed[CTC_ANCHOR].ctc.parameters(), slam.ctc.parameters()))

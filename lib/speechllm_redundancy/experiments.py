@@ -228,10 +228,10 @@ class Study:
         frozen decoder, layout and utterances, the speech reaching the decoder through the projector (and CTC
         head, soft prompt) at their initialisation. The control that tells how much of a speech map's
         agreement with text is the trained front end and how much the decoder's own. Cached beside the
-        trained model's maps."""
+        trained model's maps; the control model is built only when its map is not cached."""
         split = split or self.path_split(run.task)
         samples = self.settings.path_samples if samples is None else samples
-        return sweep.speech_angles(self.untrained(run), self.split(split),
+        return sweep.speech_angles(lambda: self.untrained(run), self.split(split),
                                    key_of(run.key, "untrained front end", self.settings.seed), limit=samples,
                                    task=run.task)
 

@@ -31,17 +31,41 @@ WARMUP_SHARE = 0.1  # of a healing run's steps spent warming up (then a linear d
 # in every healing run's cache key: runs cached before the receiving layer's LoRA was drawn from the run's seed
 # (it came from the global generator, so from whatever ran before) are not reused
 HEALING_INIT = "lora-from-seed"
+# A model of the cpu recipe reads the labels of a CTC head fixed after the warm start: healing that moves the
+# projector (projector, both) moves those labels with it. Such runs keep the warm start's CTC loss beside the
+# next-token loss at this weight (TrainConfig.ctc_weight), the anchor that holds the labels where the warm
+# start put them (book/method.md, "Healing"; benchmarks/healing_drift.py measures both ways).
+CTC_ANCHOR = 1.0
 
 
 def healing_config(steps: int, seed: int = 0, **overrides):
     """The training settings of a healing run of ``steps`` steps: the SLAM loop's defaults with a warm-up of
-    a tenth of the run. A fixed warm-up longer than a short run (50 of 20 steps) would end the run at the
-    peak rate, never decaying — the healed weights would be those of the largest step."""
+    a tenth of the run and the CTC anchor (``CTC_ANCHOR``; it acts only where ``strategy_config`` keeps it).
+    A fixed warm-up longer than a short run (50 of 20 steps) would end the run at the peak rate, never
+    decaying — the healed weights would be those of the largest step."""
     from speechllm_redundancy.training import TrainConfig
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise UserError(f"healing_steps={steps!r}: use a positive whole number of training steps.")
-    return TrainConfig(steps=steps, seed=seed, warmup_steps=max(1, round(WARMUP_SHARE * steps)), **overrides)
+    settings = {"warmup_steps": max(1, round(WARMUP_SHARE * steps)), "ctc_weight": CTC_ANCHOR, **overrides}
+    return TrainConfig(steps=steps, seed=seed, **settings)
+
+
+def reads_ctc_labels(slam) -> bool:
+    """Whether ``slam``'s decoder reads the segments of its CTC head (the cpu recipe's compression) rather
+    than the projected frames."""
+    return getattr(slam, "ctc", None) is not None and bool(slam.config.ctc_compress)
+
+
+def strategy_config(slam, strategy: str, train_config):
+    """The settings a healing run of ``strategy`` on ``slam`` trains with: ``train_config``, its CTC anchor
+    (``ctc_weight``) kept only where it acts — a strategy that trains the projector of a model that reads CTC
+    labels — and 0 elsewhere, so the runs it cannot change (decoder healing, the paper recipe) keep their
+    settings and cache keys. Key a healing run by this, not by ``train_config``."""
+    check_strategy(strategy)
+    if strategy in INPUT_SIDE and reads_ctc_labels(slam) or not train_config.ctc_weight:
+        return train_config
+    return replace(train_config, ctc_weight=0.0)
 
 
 def check_strategy(strategy: str) -> str:
@@ -120,7 +144,8 @@ def heal(slam, start: int, size: int, strategy: str, data, train_config, out_dir
 
     Returns ``(healed_model, TrainResult | None)``; a point with nothing to train (``trains_something``:
     ``none``, for one) returns the pruned model and None. ``out_dir`` caches the run (a finished one is
-    loaded, an interrupted one resumes).
+    loaded, an interrupted one resumes): key it by ``strategy_config(slam, strategy, train_config)``, the
+    settings the run trains with.
     """
     from speechllm_redundancy.training import train
 
@@ -131,7 +156,7 @@ def heal(slam, start: int, size: int, strategy: str, data, train_config, out_dir
         return pruned, None
     prepare_healing(pruned, strategy, receiving_layer(start), lora, seed=train_config.seed)
     # healing continues a trained model: never the projector's CTC warm start again
-    train_config = replace(train_config, ctc_warmup_steps=0)
+    train_config = replace(strategy_config(slam, strategy, train_config), ctc_warmup_steps=0)
     result = train(pruned, data, train_config, Path(out_dir), progress=progress)
     pruned.requires_grad_(False)
     return pruned, result

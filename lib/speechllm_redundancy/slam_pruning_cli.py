@@ -270,7 +270,7 @@ def save_healed(slam, start: int, size: int, result, out: Path, record: dict) ->
 def _heal(args) -> int:
     from dataclasses import asdict
 
-    from speechllm_redundancy.healing import heal, trains_something
+    from speechllm_redundancy.healing import heal, strategy_config, trains_something
     from speechllm_redundancy.layers import num_decoder_layers
     from speechllm_redundancy.pruning import receiving_layer
     from speechllm_redundancy.sweep import healing_dir, walk_cache_dir
@@ -284,7 +284,7 @@ def _heal(args) -> int:
     start, size = heal_block(slam, key, layers, args)
     if args.strategy == "decoder":  # a block ending at the last layer leaves no receiving layer to heal
         receiving_layer(start, num_layers=layers - size)
-    config = healing_settings(args)
+    config = strategy_config(slam, args.strategy, healing_settings(args))
     result = None
     if trains_something(args.strategy, start, size, layers, config):
         data = training_data(slam, args)

@@ -21,7 +21,7 @@ from speechllm_redundancy.distributed import cached_json_together
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.evaluation import (ASR_THRESHOLD, AST_THRESHOLD, relative_change,
                                              removable_fraction)
-from speechllm_redundancy.healing import HEALING_INIT, check_strategy, heal, trains_something
+from speechllm_redundancy.healing import HEALING_INIT, check_strategy, heal, strategy_config, trains_something
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.pruning import PATH_SAMPLES
 from speechllm_redundancy.slam import DECODING_RULE
@@ -73,7 +73,12 @@ def speech_angles(slam, manifest: str | os.PathLike, key: str, limit: int | None
     the model's ``key``, the task, the manifest's bytes and ``limit``.
 
     ``gold_text``: the control — the same model, layout and read position with each utterance's transcript
-    (token embeddings) in place of its speech (``angles.GoldTextBatches``)."""
+    (token embeddings) in place of its speech (``angles.GoldTextBatches``).
+
+    ``slam`` may also be a function that builds the model, called only when the matrix is not cached (a
+    control model that costs a decoder load to build, ``Study.untrained_speech_angles``)."""
+    from torch import nn
+
     from speechllm_redundancy.angles import GoldTextBatches, SpeechBatches, cached_angles, measure_angles
     from speechllm_redundancy.cache import file_sha256
     from speechllm_redundancy.paths import artifact_path
@@ -81,8 +86,12 @@ def speech_angles(slam, manifest: str | os.PathLike, key: str, limit: int | None
     name = key_of(key, task, file_sha256(manifest), limit)
     path = artifact_path("angles", f"{'gold' if gold_text else 'speech'}-{task}-{name}.json")
     batches = GoldTextBatches if gold_text else SpeechBatches
-    return cached_angles(path, lambda: measure_angles(slam, batches(slam, manifest, task=task, limit=limit),
-                                                      progress=progress))
+
+    def compute():
+        model = slam if isinstance(slam, nn.Module) else slam()
+        return measure_angles(model, batches(model, manifest, task=task, limit=limit), progress=progress)
+
+    return cached_angles(path, compute)
 
 
 def text_angles(llm: str, sentences: Sequence[str], device: str = "cpu", progress: bool = True) -> AngleMatrix:
@@ -151,16 +160,18 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         # layer; no steps) scores the same model as strategy none: every walk shares none's point
         healed = trains_something(strategy, start, n, num_layers, heal_config)
         point_strategy = strategy if healed else "none"
-        healing_keys = ((heal_config.key(), getattr(heal_data, "fingerprint", None), HEALING_INIT) if healed
+        config = strategy_config(slam, strategy, heal_config) if healed else None  # what the run trains with
+        healing_keys = ((config.key(), getattr(heal_data, "fingerprint", None), HEALING_INIT) if healed
                         else (None,) * 2)
         point_key = key_of(key, n, start, point_strategy, *healing_keys, list(eval_sets), DECODING_RULE)
 
-        def compute(n=n, start=start, point_strategy=point_strategy):
+        def compute(n=n, start=start, point_strategy=point_strategy, config=config):
             model = slam
             if n:
-                model, _ = heal(slam, start, n, point_strategy, heal_data, heal_config,
+                model, _ = heal(slam, start, n, point_strategy, heal_data, config or heal_config,
                                 healing_dir(out_dir, key if model_key is None else model_key, n, start,
-                                            point_strategy, heal_config, heal_data), progress=progress)
+                                            point_strategy, config or heal_config, heal_data),
+                                progress=progress)
             return {"n": n, "start": start, "scores": {name: float(evaluate(model, name)) for name in eval_sets}}
 
         point = cached_json_together(out_dir / f"point-n{n}-{point_strategy}-{point_key}.json", compute)
