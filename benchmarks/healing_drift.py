@@ -115,7 +115,7 @@ def measure(subject: Subject, fraction: float, strategies: Sequence[str], steps:
     strategy, heal and compare the fixed CTC head's labels and transcripts through the original and the
     healed projector. Strategies that train the projector run once per ``ctc_weights`` entry (None: the
     chapters' anchor, ``healing.CTC_ANCHOR``): the weight of the warm start's CTC loss kept beside the
-    next-token loss (``TrainConfig.ctc_weight``), the anchor that holds the labels in place; ``prompt_lr``
+    next-token loss (``TrainConfig.ctc_weight``), an anchor that limits how far the labels move; ``prompt_lr``
     (None: the healing run's rate) is their soft prompt's learning rate (``TrainConfig.prompt_lr``). Every
     run is keyed by the settings it trains with (``healing.strategy_config``), as the chapters key theirs.
     Returns dict(n, start, layers, unpruned, original, rows)."""

@@ -33,8 +33,9 @@ WARMUP_SHARE = 0.1  # of a healing run's steps spent warming up (then a linear d
 HEALING_INIT = "lora-from-seed"
 # A model of the cpu recipe reads the labels of a CTC head fixed after the warm start: healing that moves the
 # projector (projector, both) moves those labels with it. Such runs keep the warm start's CTC loss beside the
-# next-token loss at this weight (TrainConfig.ctc_weight), the anchor that holds the labels where the warm
-# start put them (book/method.md, "Healing"; benchmarks/healing_drift.py measures both ways).
+# next-token loss at this weight (TrainConfig.ctc_weight), an anchor that limits how far the labels move: frozen
+# SmolLM2, 3 of 30 layers removed, 20 joint healing steps, dev WER 42.1 % without it, 34.7 % with it, 31.7 %
+# healing the decoder alone (book/method.md, "Healing"; benchmarks/healing_drift.py measures both ways).
 CTC_ANCHOR = 1.0
 
 
