@@ -160,7 +160,7 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         # layer; no steps) scores the same model as strategy none: every walk shares none's point
         healed = trains_something(strategy, start, n, num_layers, heal_config)
         point_strategy = strategy if healed else "none"
-        config = strategy_config(slam, strategy, heal_config) if healed else None  # what the run trains with
+        config = strategy_config(slam, strategy, heal_config) if healed else heal_config  # what the run trains with
         healing_keys = ((config.key(), getattr(heal_data, "fingerprint", None), HEALING_INIT) if healed
                         else (None,) * 2)
         point_key = key_of(key, n, start, point_strategy, *healing_keys, list(eval_sets), DECODING_RULE)
@@ -168,10 +168,9 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         def compute(n=n, start=start, point_strategy=point_strategy, config=config):
             model = slam
             if n:
-                model, _ = heal(slam, start, n, point_strategy, heal_data, config or heal_config,
+                model, _ = heal(slam, start, n, point_strategy, heal_data, config,
                                 healing_dir(out_dir, key if model_key is None else model_key, n, start,
-                                            point_strategy, config or heal_config, heal_data),
-                                progress=progress)
+                                            point_strategy, config, heal_data), progress=progress)
             return {"n": n, "start": start, "scores": {name: float(evaluate(model, name)) for name in eval_sets}}
 
         point = cached_json_together(out_dir / f"point-n{n}-{point_strategy}-{point_key}.json", compute)
