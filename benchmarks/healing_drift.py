@@ -46,7 +46,8 @@ from tqdm.auto import tqdm
 from speechllm_redundancy.cache import key_of
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.evaluation import wer
-from speechllm_redundancy.healing import INPUT_SIDE, STRATEGIES, heal, healing_config, prune_slam, strategy_config
+from speechllm_redundancy.healing import (INPUT_SIDE, STRATEGIES, heal, healing_config, prune_slam, reads_ctc_labels,
+                                          strategy_config)
 from speechllm_redundancy.layers import num_decoder_layers
 from speechllm_redundancy.sweep import healing_dir, path_sizes
 
@@ -121,7 +122,7 @@ def measure(subject: Subject, fraction: float, strategies: Sequence[str], steps:
     Returns dict(n, start, layers, unpruned, original, rows)."""
     model = subject.model
     model.eval()
-    if model.ctc is None or not model.config.ctc_compress:
+    if not reads_ctc_labels(model):
         raise UserError(f"{subject.name} reads no CTC labels (ctc_compress off, or no CTC head): the drift "
                         "exists only for models of the cpu recipe (recipe: cpu).")
     layers = num_decoder_layers(model.llm)

@@ -69,7 +69,7 @@ def test_unhealed_and_decoder_healing_leave_the_labels_projector_healing_moves_t
 
 def test_ctc_weights_heal_the_projector_once_per_weight_beside_the_chapters_run(bench):
     """Each weight is its own healing run (its own cache folder: the weight is in the run's key), only for
-    strategies that train the projector; weight 0 is the chapters' healing, and the table names the rest."""
+    strategies that train the projector; weight 0 heals without the anchor, and the table names the others."""
     subject = bench.tiny_subject(tiny_args())
     out = bench.measure(subject, 0.2, ["projector", "decoder"], [4], ctc_weights=[0, 1, 1], progress=False)
     rows = [(r["strategy"], r["steps"], r["ctc_weight"]) for r in out["rows"]]
