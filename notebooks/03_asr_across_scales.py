@@ -117,11 +117,14 @@ settings_table(study.settings.as_dict() | models.parameters)
 # ## Verdict
 #
 # Claim 5 of the paper: larger decoders tolerate more pruning. Here (after `healing`) it holds when the
-# removable fraction never decreases with decoder size and the largest decoder tolerates more than the
-# smallest, among the frozen decoders whose unpruned model does better than chance
+# largest level within the bar never decreases with decoder size and the largest decoder reaches a higher
+# level than the smallest, among the frozen decoders whose unpruned model does better than chance
 # (`evaluation.chance_score`: the better of an empty output and another utterance's reference) on every
-# set; with fewer than two of those, or when none of them removed any layer (the levels walked cannot then
-# tell the sizes apart), it is not testable (`verdicts.claim_5`).
+# set. Decoders are compared by the level walked (`pruned_fractions`), not by $n/L$: one fraction rounds to
+# different layer counts in decoders of different depths (4 % is 1 of 30 layers and 1 of 24), and that is
+# no difference in tolerance. With fewer than two such decoders, or when none of them removed any layer, or
+# when all of them reached the highest level walked (the levels walked cannot then tell the sizes apart),
+# it is not testable (`verdicts.claim_5`).
 
 # %%
 glue_verdict(models.claim_5())

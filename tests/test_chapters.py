@@ -173,6 +173,16 @@ def test_chapter_3_sets_removable_fractions_against_decoder_size(study):
     assert verdict.claim == 5 and verdict.variant == f"frozen decoders of {', '.join(by_size.model)}, no healing"
 
 
+def test_chapter_3_compares_decoders_by_the_level_walked_not_by_rounding():
+    """0.04 of a 30-layer and of a 24-layer decoder both round to one layer (3.3 % and 4.2 %): the same
+    level, which must not read as the deeper decoder tolerating less."""
+    assert scales.walked_level(1, 30, [0.04, 0.1]) == scales.walked_level(1, 24, [0.04, 0.1]) == 0.04
+    assert scales.walked_level(2, 24, [0.04, 0.1]) == 0.1  # 0.1 of 24 layers is 2
+    assert scales.walked_level(2, 30, [0.04, 0.1]) == 0.04  # 0.1 of 30 is 3: not reached
+    assert scales.walked_level(0, 30, [0.04, 0.1]) == 0.0
+    assert scales.walked_level(5, 30, None) == 5 / 30  # every n walked: the paper's n / L
+
+
 def test_chapter_3_heals_a_lora_row_beside_the_frozen_decoders(study):
     """Table 1's LoRA row (issue 14): the LoRA variant of a decoder, walked and healed like the frozen ones,
     is in the summary and in Table 1 but not in the by-size comparison claim 5 is decided on."""

@@ -99,7 +99,7 @@ def test_claim_4_needs_every_part_and_names_each():
 
 def test_claim_5_compares_the_decoders_above_chance_by_size():
     verdict = claim_5([("small", 0.2), ("large", 0.4)], [], variant="v")
-    assert verdict.holds is True and verdict.finding == "removable fraction by size: small 20%, large 40%"
+    assert verdict.holds is True and verdict.finding == "largest level within the bar, by size: small 20%, large 40%"
     assert claim_5([("small", 0.4), ("large", 0.4)], [], variant="v").holds is False  # must grow
     assert claim_5([("small", 0.2), ("mid", 0.1), ("large", 0.4)], [], variant="v").holds is False
     assert claim_5([("only", 0.2)], [], variant="v").finding == "the profile has a single decoder"
@@ -107,6 +107,10 @@ def test_claim_5_compares_the_decoders_above_chance_by_size():
     none_removed = claim_5([("small", 0.0), ("large", 0.0)], [], variant="v")
     assert none_removed.holds is None and none_removed.summary.endswith("(not informative)")
     assert claim_5([("small", 0.0), ("large", 0.1)], [], variant="v").holds is True
+    # every decoder reached the highest level walked: not informative either; below it, decided
+    at_top = claim_5([("small", 0.1), ("large", 0.1)], [], variant="v", highest=0.1)
+    assert at_top.holds is None and "highest level walked" in at_top.finding
+    assert claim_5([("small", 0.04), ("large", 0.04)], [], variant="v", highest=0.1).holds is False
     three = [("small", 0.4), ("mid", 0.2), ("large", 0.3)]
     assert claim_5(three, [AtChance("small", {"test-clean": (100.0, 100.0)})], variant="v").holds is True
     untestable = claim_5(three[:2], [AtChance("small", {"test-clean": (100.0, 100.0)})], variant="v")

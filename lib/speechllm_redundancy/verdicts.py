@@ -235,12 +235,17 @@ def claim_4(mean_change: Mapping[str, float], worst_without_healing: float, at_c
 
 
 def claim_5(removable: Sequence[tuple[str, float]], at_chance: Sequence[AtChance], *, variant: str,
-            recipe: str | None = None) -> ClaimVerdict:
-    """Claim 5, larger decoders tolerate more pruning: ``removable`` ((decoder, removable fraction) of the
-    frozen decoders, smallest first) never decreases and its last exceeds its first, among the decoders
-    not at chance (``at_chance``, in the same order); not testable with fewer than two of those, or when none
-    of them removed any layer (as claim 2's ``tolerance_not_raised``: the levels walked cannot tell the sizes
-    apart, and "does not hold" would follow by default)."""
+            recipe: str | None = None, highest: float | None = None) -> ClaimVerdict:
+    """Claim 5, larger decoders tolerate more pruning: ``removable`` ((decoder, the largest pruning level
+    within the bar) of the frozen decoders, smallest first) never decreases and its last exceeds its first,
+    among the decoders not at chance (``at_chance``, in the same order).
+
+    Not testable with fewer than two of those, when none of them removed any layer, or when all of them
+    reached ``highest``, the highest level walked (as claim 2's ``tolerance_not_raised``: the levels walked
+    cannot tell the sizes apart, and "does not hold" would follow by default). The levels are walked
+    fractions (``chapters.scales.walked_level``), not n / L: decoders of different depths round one
+    fraction to different layer counts (4 % is 1 of 30 layers and 1 of 24), which is no difference in
+    tolerance."""
     if len(removable) < 2:
         return ClaimVerdict(5, None, "the profile has a single decoder", "a single decoder", variant, recipe)
     bad = {m.model for m in at_chance}
@@ -248,10 +253,14 @@ def claim_5(removable: Sequence[tuple[str, float]], at_chance: Sequence[AtChance
     if len(usable) < 2:
         return ClaimVerdict(5, None, _described(at_chance), _at_chance(at_chance), variant, recipe)
     fractions = [f for _, f in usable]
-    listing = "removable fraction by size: " + ", ".join(f"{model} {f:.0%}" for model, f in usable)
+    listing = "largest level within the bar, by size: " + ", ".join(f"{model} {f:.0%}" for model, f in usable)
     if not any(fractions):
         return ClaimVerdict(5, None, f"{listing}: no decoder stays within the bar at the lowest level walked, so "
                             "the walks cannot tell the sizes apart (walk smaller fractions, or heal longer)",
+                            f"{listing} (not informative)", variant, recipe)
+    if highest is not None and all(f >= highest for f in fractions):
+        return ClaimVerdict(5, None, f"{listing}: every decoder stays within the bar at the highest level walked, "
+                            "so the walks cannot tell the sizes apart (walk larger fractions)",
                             f"{listing} (not informative)", variant, recipe)
     holds = all(b >= a for a, b in pairwise(fractions)) and fractions[-1] > fractions[0]
     return ClaimVerdict(5, holds, listing, listing, variant, recipe)

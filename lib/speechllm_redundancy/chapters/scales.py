@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
-from speechllm_redundancy import angles, plots, verdicts
+from speechllm_redundancy import angles, plots, sweep, verdicts
 from speechllm_redundancy.experiments import SlamRun, Study
 from speechllm_redundancy.report import Finding
 
@@ -21,6 +21,15 @@ TAU = 0.2  # the distance below which a block counts as low-distance, for the nu
 THRESHOLDS = [round(0.02 * i, 2) for i in range(26)]  # the low-distance region's curve
 SIZE, REMOVABLE = "parameters (M)", "removable fraction"
 SHARE = "share of blocks with D ≤ τ"
+
+
+def walked_level(removed_layers: int, num_layers: int, fractions: Sequence[float] | None) -> float:
+    """The largest walked fraction whose block (``sweep.path_sizes``) is no larger than ``removed_layers``,
+    the decoder's removable layers (0 when none): claim 5 compares decoders by the level they reached. The
+    paper walks every n (``fractions`` None), where the level is n / L itself."""
+    if fractions is None:
+        return removed_layers / num_layers
+    return max((f for f in fractions if sweep.path_sizes(num_layers, [f])[0] <= removed_layers), default=0.0)
 
 
 def decoder_millions(run: SlamRun) -> float:
@@ -107,14 +116,19 @@ class Scales:
                                "width_largest": at_tau[SHARE].iloc[-1]})
 
     def claim_5(self) -> verdicts.ClaimVerdict:
+        """Claim 5 on the frozen decoders, each by the highest level walked that it stays within the bar at
+        (``walked_level``)."""
         ordered = self.by_size
         how = "no healing" if self.strategy == "none" else \
             f"{self.strategy} healing, {self.study.settings.healing_steps} steps"
-        return verdicts.claim_5(list(zip(ordered["model"], ordered[REMOVABLE])),
+        levels = [walked_level(int(r["layers removable"]), int(r["layers"]), self.fractions)
+                  for _, r in ordered.iterrows()]
+        return verdicts.claim_5(list(zip(ordered["model"], levels)),
                                 [verdicts.AtChance(r["model"], r["unusable"]) for _, r in ordered.iterrows()
                                  if r["unusable"]],
                                 variant=f"frozen decoders of {', '.join(ordered['model'])}, {how}",
-                                recipe=self.study.settings.recipe)
+                                recipe=self.study.settings.recipe,
+                                highest=max(self.fractions) if self.fractions else None)
 
 
 def measure(study: Study, speech_llms: list[str], lora_llms: list[str] = (), *, lora: dict | None = None,
