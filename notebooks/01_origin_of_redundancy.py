@@ -179,7 +179,7 @@ settings_table(study.settings.as_dict() | maps.parameters | tolerance.parameters
 # `lora_llms`, LoRA lowers the mean distance of the blocks on the optimal path and its removable fraction
 # (after `healing`) is not larger than the frozen decoder's (`verdicts.claim_2`). The second half is not
 # testable when an unpruned model does no better on some set than chance (`evaluation.chance_score`: the
-# better of an empty output and another utterance's reference), and not informative when both models
+# better of an empty output and another utterance's reference, averaged over pairings), and not informative when both models
 # remove nothing or both reach the highest level walked: the walk cannot tell them apart.
 
 # %%

@@ -128,9 +128,12 @@ settings_table(study.settings.as_dict() | walks.parameters)
 # path it holds here when all four parts do: the worst relative WER change without healing exceeds +50 %;
 # decoder healing lowers the mean relative change below no healing; healing both gives the lowest mean of
 # all strategies; and projector healing's mean is within 5 points (or a fifth of no healing's, whichever is
-# larger) of no healing's (`verdicts.claim_4`). It is not testable when the unpruned model does no better
-# on some set than chance (`evaluation.chance_score`: the better of an empty output and another
-# utterance's reference): relative changes from such a baseline say nothing of pruning.
+# larger) of no healing's (`verdicts.claim_4`). The means and the worst change are taken over the levels
+# where some strategy's healed model still beats chance on every set (`sweep.working_levels`); a level where
+# every model is broken is left out and named, and with none left the ranking is not informative (it would
+# order broken models). It is not testable when the unpruned model does no better on some set than chance
+# (`evaluation.chance_score`: the better of an empty output and another utterance's reference, averaged
+# over pairings): relative changes from such a baseline say nothing of pruning.
 
 # %%
 glue_verdict(walks.claim_4())

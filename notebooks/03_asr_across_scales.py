@@ -119,7 +119,7 @@ settings_table(study.settings.as_dict() | models.parameters)
 # Claim 5 of the paper: larger decoders tolerate more pruning. Here (after `healing`) it holds when the
 # largest level within the bar never decreases with decoder size and the largest decoder reaches a higher
 # level than the smallest, among the frozen decoders whose unpruned model does better than chance
-# (`evaluation.chance_score`: the better of an empty output and another utterance's reference) on every
+# (`evaluation.chance_score`: the better of an empty output and another utterance's reference, averaged over pairings) on every
 # set. Decoders are compared by the level walked (`pruned_fractions`), not by $n/L$: one fraction rounds to
 # different layer counts in decoders of different depths (4 % is 1 of 30 layers and 1 of 24), and that is
 # no difference in tolerance. With fewer than two such decoders, or when none of them removed any layer, or

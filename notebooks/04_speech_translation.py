@@ -127,7 +127,7 @@ settings_table(study.settings.as_dict() | transfer.parameters)
 # AST-derived path. Here it holds when, for every decoder and direction, both paths allow the same
 # removable fraction and their BLEU differs at every level by at most 2 % of the unpruned BLEU (a fifth of
 # the −10 % acceptance margin; `verdicts.claim_6`). A direction whose unpruned BLEU is no better than
-# chance (`evaluation.chance_score`: the better of an empty output and another sentence's reference)
+# chance (`evaluation.chance_score`: the better of an empty output and another sentence's reference, averaged over pairings)
 # cannot tell the paths apart: the claim is then not testable.
 
 # %%

@@ -155,6 +155,26 @@ def test_chapter_2_walks_every_strategy_and_compares_the_paths(study):
                                 "text_path_strategies": ["none"]}
 
 
+def test_chapter_2_ranks_the_strategies_only_where_a_healed_model_still_works(study, monkeypatch):
+    """Claim 4 averages over the levels where some strategy beats chance on every set; a level where every
+    model is broken is left out and named, and with none left the verdict is not informative."""
+    walks = healing_dynamics.measure(study, study.llms[0], [0.34], ["none"])
+    monkeypatch.setattr(study, "chance", lambda task="asr": {"x": 100.0, "y": 100.0})
+    scores = {0: {s: (20.0, 40.0) for s in ("none", "decoder", "projector", "both")},
+              1: {"none": (60.0, 80.0), "decoder": (30.0, 50.0), "projector": (56.0, 76.0), "both": (24.0, 44.0)},
+              2: {s: (110.0, 100.0) for s in ("none", "decoder", "projector", "both")}}
+    rows = [{"path": "speech-derived", "strategy": s, "n": n, "set": name, "score": v,
+             "delta": v / base - 1}
+            for n, by in scores.items() for s, pair in by.items()
+            for name, v, base in zip(("x", "y"), pair, (20.0, 40.0))]
+    verdict = replace(walks, walks=pd.DataFrame(rows)).claim_4()
+    assert verdict.holds is True  # decided at 1 layer: none +150 %, both +15 %
+    assert "none +150%" in verdict.finding and "both +15%" in verdict.finding
+    assert verdict.finding.endswith("left out, every model at or past chance on some set: 2/3 layers")
+    broken = replace(walks, walks=pd.DataFrame([r for r in rows if r["n"] != 1])).claim_4()
+    assert broken.holds is None and broken.summary.startswith("not informative")
+
+
 def test_chapter_3_sets_removable_fractions_against_decoder_size(study):
     models = scales.measure(study, study.llms, strategy="none", fractions=[0.34, 0.5])
     assert list(models.summary.model) == study.llms and list(models.summary.layers) == [3, 4]

@@ -70,7 +70,8 @@ def test_chance_level_is_a_perfect_answer_for_another_utterance():
 
     refs = ["the cat sat on the mat", "the dog ran to the park", "a bird sang in the tree"]
     chance = chance_score(refs)
-    assert chance == pytest.approx(wer(refs, refs[1:] + refs[:1])) and 50 < chance < 100
+    rotations = [refs[1:] + refs[:1], refs[2:] + refs[:2]]  # every reference against each other one
+    assert chance == pytest.approx(sum(wer(refs, r) for r in rotations) / 2) and 50 < chance < 100
     # another utterance's words cost more than saying nothing when lengths differ: the empty output wins
     assert chance_score(["one two", "three four five six seven eight"]) == 100.0
     assert no_better_than_chance({"a": chance, "b": 40.0, "c": 120.0}, {"a": chance, "b": chance, "c": chance}) \
@@ -78,10 +79,35 @@ def test_chance_level_is_a_perfect_answer_for_another_utterance():
     # listed in the chance levels' order (the evaluation sets as given), whatever order the scores came in
     assert list(no_better_than_chance({"c": 120.0, "a": chance}, {"a": chance, "c": chance})) == ["a", "c"]
     chance_bleu = chance_score(refs, "ast-en-de")
-    assert chance_bleu == pytest.approx(bleu(refs, refs[1:] + refs[:1])) and chance_bleu > 0
+    assert chance_bleu == pytest.approx(sum(bleu(refs, r) for r in rotations) / 2) and chance_bleu > 0
     assert no_better_than_chance({"x": 0.1, "y": 30.0}, {"x": chance_bleu, "y": chance_bleu}, "ast-en-de") == \
         {"x": (0.1, chance_bleu)}
     text = describe_unusable("smollm2-135m", {"test-clean": (104.37, 93.0)})
     assert "test-clean 104.4 % (chance 93.0 %)" in text
     with pytest.raises(UserError, match="at least two"):
         chance_score(["one"])
+
+
+def test_chance_level_averages_wrong_pairings_so_a_sets_order_does_not_decide_it():
+    """Scored against its neighbour alone, a set whose neighbours happen to share phrases looks easy to
+    hit by chance; averaged over the shifts, every reference meets every other one (all of them in a
+    small set), so the order no longer matters (WER: exactly)."""
+    from speechllm_redundancy.evaluation import bleu, chance_score, chance_shifts, wer
+
+    pairs = [("and the lord spoke to moses saying", "and the lord spoke to aaron saying"),
+             ("the king went down to the river", "the king went down to the sea"),
+             ("a bird sang in the tall tree", "a bird sang in the green tree"),
+             ("seven lamps of gold were burning", "seven lamps of gold were shining")]
+    refs = [s for pair in pairs for s in pair]  # each verse beside its near-twin
+    neighbour = bleu(refs, refs[1:] + refs[:1])
+    assert chance_score(refs, "ast-en-de") < neighbour / 2
+    shuffled = refs[::2] + refs[1::2]
+    assert chance_score(shuffled, "asr", shifts=len(refs)) == pytest.approx(chance_score(refs, "asr", shifts=len(refs)))
+    assert chance_score(refs, "asr") == pytest.approx(
+        min(100.0, sum(wer(refs, refs[k:] + refs[:k]) for k in range(1, 8)) / 7))
+    # a large set: a fixed number of shifts spread over all of them, the first and the last included
+    assert chance_shifts(8) == list(range(1, 8))
+    ks = chance_shifts(2620, 32)
+    assert len(ks) == 32 and ks[0] == 1 and ks[-1] == 2619 and ks == sorted(set(ks)) and chance_shifts(2620, 32) == ks
+    with pytest.raises(UserError, match="shifts"):
+        chance_score(refs, "asr", shifts=0)

@@ -1,5 +1,6 @@
 """Walking the pruning path: every level scored on every set, cached points, the removable fraction."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from speechllm_redundancy.paths import artifacts_dir
 from speechllm_redundancy.data.manifest import Utterance, write_manifest
 from speechllm_redundancy.evaluation import chance_score
 from speechllm_redundancy.sweep import (chance_scores, healing_dir, manifest_evaluator, path_sizes, removable,
-                                        text_angles, walk_path)
+                                        text_angles, walk_path, working_levels)
 from speechllm_redundancy.training import TrainConfig
 from test_training import make, toy_data
 
@@ -165,3 +166,17 @@ def test_a_point_with_nothing_to_heal_reuses_the_unhealed_scores(tmp_path):
     walk_path(slam, path, [1, 2], ["a", "b"], score, tmp_path, strategy="both", heal_data=toy_data(),
               heal_config=idle, progress=False)
     assert len(score.calls) == 8  # no steps: nothing healed at any level
+
+
+def test_working_levels_are_those_where_some_strategy_still_beats_chance():
+    """A level counts when one strategy's model beats chance on every set; a set at chance for all of them
+    (or every set for some) leaves it out."""
+    rows = [(0, "none", "a", 20.0), (0, "none", "b", 40.0),
+            (3, "none", "a", 90.0), (3, "none", "b", 120.0), (3, "both", "a", 30.0), (3, "both", "b", 50.0),
+            (6, "none", "a", 101.0), (6, "none", "b", 99.0), (6, "both", "a", 99.0), (6, "both", "b", 100.0),
+            (9, "none", "a", 150.0), (9, "none", "b", 130.0)]
+    frame = pd.DataFrame(rows, columns=["n", "strategy", "set", "score"])
+    assert working_levels(frame, {"a": 100.0, "b": 100.0}) == [3]
+    assert working_levels(frame, {"a": 100.0, "b": 100.5}) == [3, 6]  # both's 99 / 100 now beat it
+    bleu = frame.assign(score=frame.score / 10)  # translation: higher is better
+    assert working_levels(bleu, {"a": 10.0, "b": 10.0}, "ast-en-de") == [9]

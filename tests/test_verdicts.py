@@ -95,6 +95,14 @@ def test_claim_4_needs_every_part_and_names_each():
     assert claim_4({**ranked, "decoder": 0.05}, 1.2, [], variant="v").holds is False  # both not the best
     untestable = claim_4(ranked, 1.2, [AT_CHANCE], variant="v")
     assert untestable.holds is None and "; for the record, mean relative WER change" in untestable.finding
+    # levels where every model was broken are left out and named; with none left, no ranking
+    kept = claim_4(ranked, 1.2, [], variant="v", left_out=["6/30 layers"])
+    assert kept.holds is True and kept.finding.endswith("levels left out, every model at or past chance on some "
+                                                        "set: 6/30 layers")
+    empty = claim_4({}, float("nan"), [], variant="v", left_out=["6/30 layers", "12/30 layers"])
+    assert empty.holds is None and empty.summary.startswith("not informative")
+    assert "6/30 layers, 12/30 layers" in empty.finding
+    assert claim_4({}, float("nan"), [AT_CHANCE], variant="v").summary.startswith("no better than chance")
 
 
 def test_claim_5_compares_the_decoders_above_chance_by_size():

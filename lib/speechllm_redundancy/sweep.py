@@ -200,6 +200,20 @@ def baseline_scores(frame: pd.DataFrame) -> dict[str, float]:
     return {str(name): float(s) for name, s in zip(base.set, base.score)}
 
 
+def working_levels(frame: pd.DataFrame, chance: Mapping[str, float], task: str = "asr") -> list[int]:
+    """The pruned block sizes n (> 0) of ``frame`` (walks with a ``strategy`` column, the study's evaluation
+    sets) at which some strategy's model still beats chance on every set: where none does, every model at
+    that level is broken, and ranking their relative changes says nothing about healing."""
+    from speechllm_redundancy.evaluation import no_better_than_chance
+
+    levels = []
+    for n, level in frame[frame.n > 0].groupby("n"):
+        if any(not no_better_than_chance(dict(zip(g.set, g.score)), chance, task)
+               for _, g in level.groupby("strategy")):
+            levels.append(int(n))
+    return levels
+
+
 def removable(frame: pd.DataFrame, num_layers: int, task: str = "asr") -> float:
     """Largest n/L acceptable on every set at once (ASR: ΔWER ≤ +25 %; AST: ΔBLEU ≥ −10 %)."""
     points = {int(n): dict(zip(g.set, g.score)) for n, g in frame.groupby("n")}

@@ -211,18 +211,27 @@ def claim_3(deep_share: float, last_share: float, *, variant: str, recipe: str |
 
 
 def claim_4(mean_change: Mapping[str, float], worst_without_healing: float, at_chance: Sequence[AtChance], *,
-            variant: str, recipe: str | None = None) -> ClaimVerdict:
+            variant: str, recipe: str | None = None, left_out: Sequence[str] = ()) -> ClaimVerdict:
     """Claim 4, the healing strategies ranked: without healing the worst relative WER change exceeds +50 %;
     decoder healing's mean change is below no healing's; healing both gives the lowest mean; projector
     healing's mean is within 5 points (or a fifth of no healing's, whichever is larger) of no healing's.
-    ``mean_change``: {strategy: mean relative WER change over the pruned levels and sets}."""
+    ``mean_change``: {strategy: mean relative WER change over the pruned levels and sets} and
+    ``worst_without_healing`` over the same levels: those where some strategy still beats chance
+    (``sweep.working_levels``). ``left_out`` names the levels where every healed model was at or past
+    chance; with none left (``mean_change`` empty) the ranking is not informative: it would order broken
+    models."""
+    gone = f"left out, every model at or past chance on some set: {', '.join(left_out)}" if left_out else ""
     mean = pd.Series(mean_change, dtype=float)
     numbers = ", ".join(f"{s} {v:+.0%}" for s, v in mean.items())
     worst = f"worst without healing {worst_without_healing:+.0%}"
-    record = f"mean relative WER change by healing strategy: {numbers}; {worst}"
+    record = f"mean relative WER change by healing strategy: {numbers}; {worst}" + (f"; levels {gone}" if gone else "")
     if at_chance:
-        return ClaimVerdict(4, None, f"{_described(at_chance)}; for the record, {record}",
+        return ClaimVerdict(4, None, _described(at_chance) + (f"; for the record, {record}" if mean_change else ""),
                             _at_chance(at_chance), variant, recipe)
+    if not mean_change:
+        return ClaimVerdict(4, None, f"no level walked leaves a working model{f' ({gone})' if gone else ''}, so the "
+                            "strategies cannot be ranked (walk smaller fractions, or heal longer)",
+                            "not informative: every pruned model at or past chance", variant, recipe)
     parts = {
         "sharp without healing": worst_without_healing > 0.5,
         "decoder healing helps": mean["decoder"] < mean["none"],

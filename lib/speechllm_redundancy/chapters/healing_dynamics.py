@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from speechllm_redundancy import plots, verdicts
+from speechllm_redundancy import plots, sweep, verdicts
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.experiments import SlamRun, Study
 from speechllm_redundancy.healing import STRATEGIES
@@ -86,13 +86,21 @@ class HealingWalks:
         return Finding(table, {"largest_path_gap": float(gap.max()) if len(gap) else float("nan")})
 
     def claim_4(self) -> verdicts.ClaimVerdict:
-        speech = self._by_strategy.loc[SPEECH]
-        bad = self.study.unusable(self.walks[self.walks.path == SPEECH])
-        return verdicts.claim_4({s: speech.loc[s, MEAN] for s in STRATEGIES}, speech.loc["none", WORST],
-                                [verdicts.AtChance(self.run.llm, bad)] if bad else [],
+        """The paper's ranking of the strategies along the speech-derived path, on the levels where some
+        healed model still works (``sweep.working_levels``): where every one is broken, their relative
+        changes rank noise."""
+        speech = self.walks[self.walks.path == SPEECH]
+        bad = self.study.unusable(speech)
+        working = sweep.working_levels(speech, self.study.chance())
+        kept = speech[speech.n.isin(working)]
+        layers = self.run.num_layers
+        left_out = [f"{n}/{layers} layers" for n in sorted(set(speech.n) - {0} - set(working))]
+        means = {s: float(kept[kept.strategy == s].delta.mean()) for s in STRATEGIES} if working else {}
+        worst = float(kept[kept.strategy == "none"].delta.max()) if working else float("nan")
+        return verdicts.claim_4(means, worst, [verdicts.AtChance(self.run.llm, bad)] if bad else [],
                                 variant=f"{self.run.llm} frozen decoder, speech-derived path, "
                                         f"{self.study.settings.healing_steps} healing steps",
-                                recipe=self.study.settings.recipe)
+                                recipe=self.study.settings.recipe, left_out=left_out)
 
 
 def measure(study: Study, llm: str, fractions: list[float] | None,
