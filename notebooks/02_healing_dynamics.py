@@ -96,7 +96,8 @@ glue_finding("ch2", walks.strategies())
 # both {glue:text}`ch2_mean_delta_both:+.1%`. The removable fraction is {glue:text}`ch2_removable_none:.1%`
 # without healing, {glue:text}`ch2_removable_decoder:.1%` with decoder healing,
 # {glue:text}`ch2_removable_projector:.1%` with projector healing and {glue:text}`ch2_removable_both:.1%`
-# with both.
+# with both. These averages take in every level walked; the verdict below ranks the strategies only on the
+# levels where some healed model still beats chance, so its means can differ.
 
 # %% [markdown]
 # ## Text-derived versus speech-derived path
