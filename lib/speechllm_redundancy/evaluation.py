@@ -159,8 +159,10 @@ def chance_score(refs: Sequence[str], task: str = "asr", shifts: int = CHANCE_SH
     if isinstance(shifts, bool) or not isinstance(shifts, int) or shifts < 1:
         raise UserError(f"shifts={shifts!r}: use a whole number ≥ 1 of wrong-utterance pairings to average.")
     ks = chance_shifts(len(refs), shifts)
-    other = sum(score(task, refs, refs[k:] + refs[:k])[1] for k in ks) / len(ks)
-    return min(100.0, other) if task == "asr" else max(0.0, other)
+    if task == "asr":  # normalised once: every shift pairs the same texts
+        norm = [normalize_english(r) for r in refs]
+        return min(100.0, sum(wer(norm, norm[k:] + norm[:k], normalize=False) for k in ks) / len(ks))
+    return max(0.0, sum(score(task, refs, refs[k:] + refs[:k])[1] for k in ks) / len(ks))
 
 
 def no_better_than_chance(scores: Mapping[str, float], chance: Mapping[str, float],
