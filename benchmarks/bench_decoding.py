@@ -15,9 +15,12 @@ computed for a finished row; the project's decoder runs that, at full width whil
 All four get the same utterances, projected inputs, per-row caps (``SlamModel.generate``'s rule) and stop
 ids, and keep the stop token, without ``SlamModel.generate``'s ASR output floor (``min_new_tokens``, which
 only rules the stop ids out for a row's first tokens: the same steps, other tokens); their token ids must
-agree exactly (else the first differing row is printed and the run exits non-zero). Float32 on CPU; times exclude the projector and a short untimed warm-up.
-``--bf16`` adds a variant, not compared for equality: the project's decoder on a bfloat16 copy of the LLM
-(``decoding.decoder_in``), its speed in the table and how many rows differ from float32's on the line below.
+agree exactly (else the first differing row is printed and the run exits non-zero). All four run the same
+decoder: the LLM as ``SlamModel.generate`` decodes it at ``--precision`` (``decoding.decoding_model``; "auto"
+is bf16 products on a CPU that multiplies bf16 natively, float32 elsewhere). Where that is bf16, the table
+adds a variant, not compared for equality: ``fp32``, the project's decoder on the float32 model (what bf16
+products gain), and the line below it counts the rows whose ids differ. Times exclude the projector, building
+the bf16 copy and a short untimed warm-up.
 
     python benchmarks/bench_decoding.py                      # smollm2-135m and qwen2.5-coder-0.5b, 32 rows
     python benchmarks/bench_decoding.py --slam SMOL_DIR QWEN_DIR --manifest test-clean.jsonl --limit 200
@@ -41,12 +44,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from speechllm_redundancy.decoding import decoder_in, greedy
-from speechllm_redundancy.encoders import native_bf16
+from speechllm_redundancy.decoding import decoding_model, greedy, resolve_decode_precision
 from speechllm_redundancy.slam import CAP_SLACK, DECODE_CHUNK, DECODE_WIDTH, SlamConfig, SlamModel
 
 DECODERS = ("project", "full-width", "no-cache", "generate")  # the two batched ones back to back
-VARIANTS = ("bf16",)  # opt-in (--bf16): outputs may differ from float32's, so counted, not asserted equal
+VARIANTS = ("fp32",)  # beside bf16 products: outputs may differ from theirs, so counted, not asserted equal
 
 
 def batches(model: SlamModel, features, task: str = "asr", max_new_tokens: int = 200,
@@ -71,7 +73,7 @@ def rows(batch) -> list[tuple[torch.Tensor, int, frozenset]]:
 
 
 def project(model, batch, width: int | None = None, llm=None) -> list[list[int]]:
-    """The project's decoder on ``batch``, with ``model``'s LLM or another copy of it (``llm``)."""
+    """The project's decoder on ``batch``, with ``model``'s LLM or another decoder made of it (``llm``)."""
     return greedy(model.llm if llm is None else llm, batch["embeds"], batch["mask"], batch["caps"],
                   stop_ids=batch["stops"], pad_id=model.layout.pad_id, keep_stop=True, width=width)
 
@@ -146,41 +148,41 @@ def hf_generate(llm, embeds: torch.Tensor, cap: int, stops, pad_id: int) -> list
     return ids[embeds.shape[1] :] if len(ids) > cap else ids  # a release that prepends the prompt's ids
 
 
-def decoders(model, batch_list, label: str = "", show: bool = True, bf16=None) -> dict:
-    """Decoder name → a function that decodes every row of ``batch_list`` (in batch order); with ``bf16``
-    (the LLM in bfloat16) the ``bf16`` variant too."""
+def decoders(model, batch_list, label: str = "", show: bool = True, precision: str = "fp32") -> dict:
+    """Decoder name → a function that decodes every row of ``batch_list`` (in batch order), each on
+    ``model``'s LLM as decoded at ``precision`` (resolved); at bf16 the ``fp32`` variant too."""
     every, width = [r for b in batch_list for r in rows(b)], max(len(b["caps"]) for b in batch_list)
+    llm = decoding_model(model.llm, precision)
 
     def bar(items, name):
         return tqdm(items, desc=f"{label} {name}".strip(), leave=False, disable=not show)
 
-    variants = {} if bf16 is None else {
-        "bf16": lambda: [ids for b in bar(chunks(batch_list), "bf16")
-                         for ids in project(model, b, width, bf16)]}
+    variants = {} if precision == "fp32" else {
+        "fp32": lambda: [ids for b in bar(chunks(batch_list), "fp32")
+                         for ids in project(model, b, width, model.llm)]}
     return {
         "project": lambda: [ids for b in bar(chunks(batch_list), "project")
-                            for ids in project(model, b, width)],
+                            for ids in project(model, b, width, llm)],
         "full-width": lambda: [ids for b in bar(batch_list, "full-width")
-                               for ids in full_width(model.llm, b["embeds"], b["mask"], b["caps"], b["stops"],
+                               for ids in full_width(llm, b["embeds"], b["mask"], b["caps"], b["stops"],
                                                      model.layout.pad_id)],
-        "no-cache": lambda: [no_cache(model.llm, e, cap, st) for e, cap, st in bar(every, "no-cache")],
-        "generate": lambda: [hf_generate(model.llm, e, cap, st, model.layout.pad_id)
+        "no-cache": lambda: [no_cache(llm, e, cap, st) for e, cap, st in bar(every, "no-cache")],
+        "generate": lambda: [hf_generate(llm, e, cap, st, model.layout.pad_id)
                              for e, cap, st in bar(every, "generate")],
         **variants,
     }
 
 
-def run(model, batch_list, label: str = "", bf16: bool = False) -> dict[str, tuple[list[list[int]], float]]:
-    """Each decoder's outputs and wall-clock seconds, after an untimed warm-up (one row, 2 tokens); with
-    ``bf16`` the variant's too (the LLM cast once, untimed)."""
+def run(model, batch_list, label: str = "", precision: str = "fp32") -> dict[str, tuple[list[list[int]], float]]:
+    """Each decoder's outputs and wall-clock seconds at ``precision`` (resolved), after an untimed warm-up
+    (one row, 2 tokens, which also builds the bf16 copy)."""
     model.eval()
     b0 = batch_list[0]
     first = {**b0, "embeds": b0["embeds"][:1], "mask": b0["mask"][:1], "caps": [min(2, b0["caps"][0])]}
-    low = decoder_in(model.llm, torch.bfloat16) if bf16 else None
-    for warm_up in decoders(model, [first], show=False, bf16=low).values():
+    for warm_up in decoders(model, [first], show=False, precision=precision).values():
         warm_up()
     result = {}
-    for name, decode in decoders(model, batch_list, label, bf16=low).items():
+    for name, decode in decoders(model, batch_list, label, precision=precision).items():
         start = time.perf_counter()
         out = decode()
         result[name] = (out, time.perf_counter() - start)
@@ -195,7 +197,7 @@ def first_mismatch(result) -> int | None:
 
 
 def differing_rows(result, variant: str) -> list[int]:
-    """The rows where ``variant``'s ids differ from the (float32) project decoder's."""
+    """The rows where ``variant``'s ids differ from the project decoder's."""
     return [i for i, (a, b) in enumerate(zip(result["project"][0], result[variant][0])) if a != b]
 
 
@@ -255,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the project decoder's batch (default {DECODE_WIDTH}: SlamModel.generate's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (the test)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="also the project's decoder in bfloat16 (its speed, and rows that differ)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the decoders' products (decoding.resolve_decode_precision; default auto: bf16 on "
+                             "a CPU that multiplies it natively); at bf16 the fp32 variant is timed beside")
     return parser
 
 
@@ -270,8 +273,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     speedups = {"no-cache": [], "generate": []}
     for name, model, feats in models(args):
+        precision = resolve_decode_precision(args.precision, model.device)
         result = run(model, batches(model, feats, args.task, args.max_new_tokens, args.batch_size), name,
-                     bf16=args.bf16)
+                     precision=precision)
         bad = first_mismatch(result)
         if bad is not None:
             print(f"{name}: the decoders' outputs differ at row {bad} (batch order):")
@@ -281,16 +285,16 @@ def main(argv=None) -> int:
         tokens = {dec: sum(map(len, ids)) for dec, (ids, _) in result.items()}
         rate = {dec: tokens[dec] / seconds for dec, (_, seconds) in result.items()}
         print(f"\n{name}: {len(feats)} utterances, identical outputs; {torch.get_num_threads()} CPU "
-              f"threads, float32, project batch {args.batch_size}")
+              f"threads, {precision} products, project batch {args.batch_size}")
         print(f"{'decoder':>10} | {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'project ×':>9}")
         for dec in result:
             print(f"{dec:>10} | {tokens[dec]:>7} {result[dec][1]:>8.2f} {rate[dec]:>9.1f} "
                   f"{rate['project'] / rate[dec]:>8.1f}×")
         for dec in (v for v in VARIANTS if v in result):
             differ = differing_rows(result, dec)
-            print(f"{dec}: {len(differ)} of {len(feats)} rows differ from float32"
-                  f"{f' (first at row {differ[0]}, batch order)' if differ else ''}; native bf16 on this "
-                  f"CPU: {'yes' if native_bf16() else 'no'}")
+            print(f"{dec}: {len(differ)} of {len(feats)} rows differ from {precision} products'"
+                  f"{f' (first at row {differ[0]}, batch order)' if differ else ''}; {precision} products "
+                  f"decode {rate['project'] / rate[dec]:.1f}× as fast")
         for dec, ratios in speedups.items():
             ratios.append(rate["project"] / rate[dec])
     print(f"decoding speed-up: vs no-cache {min(speedups['no-cache']):.1f}×, "

@@ -37,6 +37,7 @@ healing_steps = 300  # training steps of each healing run
 path_samples = 64  # validation (`dev`) utterances whose angles (speech) or transcripts (text) give the paths
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
+decode_precision = "auto"  # of the decoder's products while decoding: "auto" (bf16 on a CPU that multiplies it natively), "bf16", "fp32"
 pruned_fractions = [0.1, 0.2, 0.3, 0.4]  # fractions of decoder layers removed (rounded to whole layers); None walks every n up to half
 text_path_strategies = ["none", "decoder", "projector", "both"]  # strategies also walked on the text-derived path
 

@@ -39,6 +39,7 @@ healing_steps = 300  # training steps of each healing run
 path_samples = 64  # validation (`dev`) utterances whose angles give each model's pruning path
 eval_limit = 100  # utterances decoded per evaluation set and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
+decode_precision = "auto"  # of the decoder's products while decoding: "auto" (bf16 on a CPU that multiplies it natively), "bf16", "fp32"
 pruned_fractions = None  # fractions of decoder layers removed (rounded to whole layers); None walks every n up to half
 
 # %% [markdown]

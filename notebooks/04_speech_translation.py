@@ -38,6 +38,7 @@ directions = ["en-de", "fr-en"]  # translation directions (corpus splits <direct
 pruned_fractions = [0.1, 0.2, 0.3, 0.4]  # fractions of decoder layers removed (rounded to whole layers)
 eval_limit = 100  # test utterances decoded per direction and pruning level; None decodes all
 max_new_tokens = None  # cap on the tokens decoded per utterance; None keeps the decoder's default (200)
+decode_precision = "auto"  # of the decoder's products while decoding: "auto" (bf16 on a CPU that multiplies it natively), "bf16", "fp32"
 healing = ["none", "both"]  # strategies after pruning (none, decoder, projector, both); the verdict uses the last
 healing_steps = 300  # training steps of each healing run
 path_samples = 64  # utterances whose angles give each path (ASR: `dev`; AST: `<direction>-dev`, else -train)

@@ -1,6 +1,6 @@
 """benchmarks/bench_decoding.py: its greedy decoders (project, its pre-issue-16 full-width self, no-cache
-loop, HF generate) agree token for token under mixed caps and a stop id the model writes; the --tiny run
-prints the speed-up line."""
+loop, HF generate) agree token for token under mixed caps and a stop id the model writes, at either
+precision; the --tiny run prints the speed-up line."""
 
 import re
 import subprocess
@@ -76,7 +76,8 @@ def test_tiny_run_prints_the_speed_up_line():
     lines = proc.stdout.strip().splitlines()
     assert "identical outputs" in proc.stdout
     names = [ln.split("|")[0].strip() for ln in lines if "|" in ln][1:]
-    assert names == ["project", "full-width", "no-cache", "generate"]
+    assert names[:4] == ["project", "full-width", "no-cache", "generate"]
+    assert names[4:] in ([], ["fp32"])  # auto: bf16 products (and the fp32 variant) where the CPU has bf16
     assert re.fullmatch(r"decoding speed-up: vs no-cache \d+\.\d×, vs generate \d+\.\d×", lines[-1])
 
 
@@ -106,12 +107,18 @@ def test_slam_run_compares_every_saved_model_and_reports_the_smaller_ratios(benc
                          f"vs generate {smallest['generate']}")
 
 
-def test_the_bf16_variant_is_opt_in_reported_and_kept_out_of_the_verdict(bench, capsys):
-    """``--bf16`` adds a table row and a line counting the rows that differ from float32; neither the equality
-    check nor the last line reads it."""
-    assert bench.main(["--tiny", "--limit", "3", "--bf16"]) == 0
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_decoders_run_at_the_precision_asked_for_and_fp32_is_timed_beside_bf16(bench, capsys, precision):
+    """All four decoders decode the same model at ``--precision`` (equal ids at bf16 too); at bf16 the fp32
+    variant adds a table row and a line counting the rows that differ, which neither the equality check nor
+    the last line reads."""
+    assert bench.main(["--tiny", "--limit", "3", "--precision", precision]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split("|")[0].strip() for ln in lines if "|" in ln][1:] == [*bench.DECODERS, "bf16"]
-    assert any(re.fullmatch(r"bf16: \d of 3 rows differ from float32.*; native bf16 on this CPU: (yes|no)", ln)
+    assert any(ln.endswith(f"identical outputs; 2 CPU threads, {precision} products, project batch 64")
                for ln in lines)
+    variant = ["fp32"] if precision == "bf16" else []
+    assert [ln.split("|")[0].strip() for ln in lines if "|" in ln][1:] == [*bench.DECODERS, *variant]
+    counted = [ln for ln in lines if re.fullmatch(r"fp32: \d of 3 rows differ from bf16 products'.*; bf16 "
+                                                  r"products decode \d+\.\d× as fast", ln)]
+    assert len(counted) == len(variant)
     assert re.fullmatch(r"decoding speed-up: vs no-cache \d+\.\d×, vs generate \d+\.\d×", lines[-1])

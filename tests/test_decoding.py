@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from slam_tiny import tiny_llm
-from speechllm_redundancy.decoding import decoder_in, greedy
+from speechllm_redundancy.decoding import Bf16Products, decoding_model, greedy, resolve_decode_precision
+from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.slam import SlamConfig, SlamModel
 
 torch.set_num_threads(2)
@@ -223,14 +224,15 @@ def spread_stop(free, caps):
     return max((t for t in firsts if never[t]), key=lambda t: (spread[t], t))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_batched_equals_batch_size_one_and_hf_generate_with_rows_ending_far_apart(kind):
+def test_batched_equals_batch_size_one_and_hf_generate_with_rows_ending_far_apart(kind, precision):
     """Rows stopping at steps far apart, rows running to their cap (1 to 40) and a row with none, in one
     batch: the batched decoder (rows leaving as they end, others joining at a narrower width) writes what
-    batch size 1 and HF ``generate`` do."""
+    batch size 1 and HF ``generate`` do, with float32 products and with the bf16 decoder."""
     from redundancy_tiny import COMMON, tiny_llama, tiny_qwen2
 
-    llm = (tiny_llama if kind == "llama" else tiny_qwen2)(layers=3)
+    llm = decoding_model((tiny_llama if kind == "llama" else tiny_qwen2)(layers=3), precision)
     lengths, caps, pad = [3, 17, 9, 30, 5, 12], [40, 40, 1, 40, 0, 25], COMMON["pad_token_id"]
     embeds, mask = token_rows(llm, lengths)
     free = greedy(llm, embeds, mask, caps, set(), pad)
@@ -352,22 +354,97 @@ def test_the_cache_appends_in_place_and_selects_and_joins_rows():
     assert torch.equal(got[0], torch.cat([ref, k], -2)) and cache.get_seq_length() == 21
 
 
-def test_bf16_decoding_is_opt_in_and_gives_well_formed_hypotheses():
-    """``decoder_in(llm, bf16)`` decodes a cast copy (the model keeps float32); rows keep their caps and read
-    as transcripts. Its ids may differ from float32's, so only their form is checked."""
+def test_bf16_products_multiply_the_layers_in_bf16_and_leave_the_model_as_it_was():
+    """The bf16 decoder is a copy: its decoder layers' linears are ``Bf16Products`` (bf16 in, the input's
+    dtype out), the LM head and embeddings stay float32, and the model keeps its own float32 linears. Its
+    logits follow float32's within bf16 rounding, not exactly."""
     model = make()
+    before = {n: p.clone() for n, p in model.llm.state_dict().items()}
+    twin = decoding_model(model.llm, "bf16")
+    assert twin is not model.llm and decoding_model(model.llm, "fp32") is model.llm
+    linears = [m for layer in twin.model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    products = [m for m in twin.modules() if isinstance(m, Bf16Products)]
+    assert not linears and len(products) == 7 * len(twin.model.layers)  # q k v o, gate up down
+    assert isinstance(twin.lm_head, torch.nn.Linear) and twin.lm_head.weight.dtype == torch.float32
+    assert not any(isinstance(m, Bf16Products) for m in model.llm.modules())
+    assert all(torch.equal(p, before[n]) for n, p in model.llm.state_dict().items())
+    batch = model.embed_batch(feats(9, 40), "asr", padding_side="left")
+    real = batch["attention_mask"].bool()
+    with torch.inference_mode():
+        ref = model.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits[real]
+        low = twin(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits[real]
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)
+    assert (low - ref).norm() < 0.1 * ref.norm()  # 3 % on this random model
+    assert (low.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9  # 97 % of positions
+
+
+def test_the_bf16_decoder_is_built_once_per_state_of_the_weights():
+    """The evaluation sets of a pruning point share one bf16 copy; a change to the weights (a healing step)
+    makes it stale, and the next decode builds it again from the changed weights."""
+    model = make()
+    twin = decoding_model(model.llm, "bf16")
+    assert decoding_model(model.llm, "bf16") is twin
     f = feats(9, 40, 23)
-    batch = model.embed_batch(f, "asr", padding_side="left")
-    assert decoder_in(model.llm, None) is model.llm and decoder_in(model.llm, torch.float32) is model.llm
-    low = decoder_in(model.llm, torch.bfloat16)
-    assert low.get_input_embeddings().weight.dtype == torch.bfloat16
-    assert model.llm.get_input_embeddings().weight.dtype == torch.float32  # the model itself is untouched
-    out = greedy(low, batch["inputs_embeds"], batch["attention_mask"], [4, 7, 0], {model.layout.stop_id},
-                 model.layout.pad_id, keep_stop=True)
-    assert len(out) == 3 and [len(o) <= c for o, c in zip(out, (4, 7, 0))] == [True] * 3 and out[2] == []
-    vocab = model.llm.get_input_embeddings().weight.shape[0]
-    assert all(isinstance(t, int) and 0 <= t < vocab for row in out for t in row) and any(out)
-    assert all(isinstance(model.layout.finish("asr", ids), str) for ids in out)
+    before = model.generate(f, max_new_tokens=6, precision="bf16")
+    with torch.no_grad():
+        for layer in model.llm.model.layers:
+            layer.mlp.down_proj.weight.mul_(-3.0)
+    changed = decoding_model(model.llm, "bf16")
+    assert changed is not twin
+    assert model.generate(f, max_new_tokens=6, precision="bf16") != before  # it reads the new weights
+    with pytest.raises(UserError, match="resolve it first"):
+        decoding_model(model.llm, "auto")
+
+
+def test_the_bf16_decoder_merges_lora_adapters_first():
+    """A LoRA-adapted decoder's bf16 copy decodes what its adapters say: its logits follow the adapted
+    model's, not the base model's."""
+    model = make_with(lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    for name, p in model.llm.named_parameters():
+        if "lora_B" in name:  # the adapters start at zero: give them something to say
+            torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(len(name)))
+    batch = model.embed_batch(feats(9, 40), "asr", padding_side="left")
+    twin = decoding_model(model.llm, "bf16")
+    assert not any("lora" in n for n, _ in twin.named_parameters())
+    real = batch["attention_mask"].bool()
+    with torch.inference_mode():
+        adapted = model.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+        with model.llm.disable_adapter():
+            base = model.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+        low = twin(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+    assert (low - adapted)[real].norm() < 0.25 * (base - adapted)[real].norm()
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_that_multiplies_it_natively(monkeypatch):
+    from speechllm_redundancy import encoders
+
+    monkeypatch.setattr(encoders, "native_bf16", lambda: True)
+    monkeypatch.setattr(encoders, "onednn_bf16", lambda: True)
+    assert resolve_decode_precision("auto", "cpu") == "bf16"
+    assert resolve_decode_precision("auto", torch.device("cuda", 0)) == "fp32"
+    assert resolve_decode_precision("fp32", "cpu") == "fp32" and resolve_decode_precision("bf16", "cuda") == "bf16"
+    monkeypatch.setattr(encoders, "native_bf16", lambda: False)
+    assert resolve_decode_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(encoders, "native_bf16", lambda: True)
+    monkeypatch.setattr(encoders, "onednn_bf16", lambda: False)
+    assert resolve_decode_precision("auto", "cpu") == "fp32"
+    with pytest.raises(UserError, match="decode precision 'half': use one of auto, fp32, bf16"):
+        resolve_decode_precision("half")
+
+
+def test_generate_decodes_at_the_precision_asked_for(monkeypatch):
+    """``generate`` hands ``greedy`` the float32 model at fp32 and the bf16 copy at bf16; rows read as
+    transcripts either way, each within its cap."""
+    import speechllm_redundancy.decoding as decoding
+
+    model, seen = make(), []
+    real = decoding.greedy
+    monkeypatch.setattr(decoding, "greedy", lambda llm, *a, **k: seen.append(llm) or real(llm, *a, **k))
+    f = feats(9, 40, 23)
+    for precision in ("fp32", "bf16"):
+        out = model.generate(f, max_new_tokens=5, precision=precision)
+        assert len(out) == 3 and all(isinstance(o, str) for o in out)
+    assert seen[0] is model.llm and seen[1] is decoding_model(model.llm, "bf16")
 
 
 def test_min_new_tokens_rules_out_the_stops_until_each_rows_floor_as_hf_generate_does():

@@ -99,13 +99,40 @@ def test_manifest_evaluator_passes_its_limits(monkeypatch):
 
     monkeypatch.setattr("speechllm_redundancy.evaluation.evaluate_slam", fake)
     assert manifest_evaluator({"a": "a.jsonl"}, limit=4, max_new_tokens=8)(None, "a") == 12.5
-    assert manifest_evaluator({"a": "a.jsonl"}, progress=False)(None, "a") == 12.5
-    assert seen == [("a.jsonl", "asr", 4, {"max_new_tokens": 8, "progress": True}),
-                    ("a.jsonl", "asr", None, {"progress": False})]
+    assert manifest_evaluator({"a": "a.jsonl"}, progress=False, precision="fp32")(None, "a") == 12.5
+    assert seen == [("a.jsonl", "asr", 4, {"max_new_tokens": 8, "progress": True, "precision": "auto"}),
+                    ("a.jsonl", "asr", None, {"progress": False, "precision": "fp32"})]
     with pytest.raises(UserError, match="no manifest for evaluation set 'b'"):
         manifest_evaluator({"a": "a.jsonl"})(None, "b")
     with pytest.raises(UserError, match="positive"):
         manifest_evaluator({"a": "a.jsonl"}, max_new_tokens=0)
+    with pytest.raises(UserError, match="decode precision 'fp16': use one of auto, fp32, bf16"):
+        manifest_evaluator({"a": "a.jsonl"}, precision="fp16")  # before any walk starts
+
+
+def test_a_walks_points_are_keyed_by_the_precision_their_sets_are_decoded_at(tmp_path):
+    """fp32 keeps the points of before (the rule alone in their key); bf16 products are other points, each
+    decoded by its own precision, and a second walk at either precision reads its points back."""
+    from speechllm_redundancy.decoding import decoding_model
+    from speechllm_redundancy.slam import DECODING_RULE
+
+    model = make()
+    assert manifest_evaluator({}, precision="fp32").decoding_rule(model) == DECODING_RULE
+    assert manifest_evaluator({}, precision="bf16").decoding_rule(model) == f"{DECODING_RULE}; bf16 products"
+    seen = []
+
+    def evaluate_at(precision):
+        def evaluate(m, name):
+            seen.append((precision, decoding_model(m.llm, precision) is not m.llm))
+            return 10.0 if precision == "fp32" else 11.0
+        evaluate.decoding_rule = manifest_evaluator({}, precision=precision).decoding_rule
+        return evaluate
+
+    for precision in ("fp32", "bf16", "fp32", "bf16"):
+        walk = walk_path(model, {1: 0}, [1], ["a"], evaluate_at(precision), tmp_path, progress=False)
+        assert set(walk.score) == {10.0 if precision == "fp32" else 11.0}
+    assert seen == [("fp32", False)] * 2 + [("bf16", True)] * 2  # the second pair came from the cache
+    assert len(list(tmp_path.glob("point-*.json"))) == 4
 
 
 def test_chance_scores_read_each_sets_targets(tmp_path):

@@ -7,14 +7,15 @@ place, so the decoder keeps running full steps instead of waiting at a narrowing
 The cache is written in place into room reserved for the decode (``DynamicLayer`` re-copies each layer's
 cache at every step to append one position).
 
-Decoding runs in the decoder's own dtype (float32 by default). ``greedy(decoder_in(llm, torch.bfloat16), …)``
-is the opt-in bf16 decoder: worth it only on a CPU that multiplies bf16 natively, and its greedy ids may
-differ from float32's wherever two logits nearly tie (``benchmarks/bench_decoding.py --bf16`` prints its
-speed and how many rows differ). On the 2-core AMX CPU this project is sized for it does not pay, so it stays
-off by default: trained SmolLM2-135M SLAM, 64 test-clean utterances, 70.6 tokens/s in bf16 vs 64.6 in
-float32 (3 of 64 rows differ); trained Qwen2.5-Coder-0.5B on the same utterances, timed beside another job
-(so only roughly), its prefill alone ~1.5× faster in bf16 but the whole decode no faster: the per-token steps,
-about three quarters of the time, are not bound by the matrix products at 16 rows.
+Precision. ``greedy`` runs the decoder it is given. ``decoding_model(llm, "bf16")`` is the decoder the
+toolkit hands it on a CPU that multiplies bf16 natively (``resolve_decode_precision``'s "auto"): a copy
+whose decoder layers compute their linear products in bf16 with the weights cast and packed for oneDNN once,
+while the residual stream, norms, attention and the LM head stay float32 (bf16 logits would round near-ties
+into ties). Measured on the 2-core AMX CPU this project is sized for, book8's trained SLAM models, 64
+test-clean utterances at width 64: SmolLM2-135M 13.2–15.4 s → 7.5–9.8 s (prefill 8.5 → 3.6 s), 0 of 64 rows
+different; Qwen2.5-Coder-0.5B 36–42 s → 18.5 s (prefill ~25 → ~9 s). Casting the whole model to bf16
+instead is *slower* there (Qwen 64 s, its prefill 85 s): the norms, rotary embeddings and
+attention are not faster in bf16 on this CPU, and unpacked bf16 products are slow.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import weakref
 
 from typing import Iterable, Sequence
 
 import torch
+from torch import nn
 
-from speechllm_redundancy.layers import decoder_stack
+from speechllm_redundancy.errors import UserError
+from speechllm_redundancy.layers import decoder_layers, decoder_stack
+
+DECODE_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cache_kwarg(llm) -> str:
@@ -37,13 +43,72 @@ def cache_kwarg(llm) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
-def decoder_in(llm, dtype: torch.dtype | None):
-    """``llm`` with its weights in ``dtype``: ``llm`` itself when they already are (or ``dtype`` is None),
-    else a cast copy, so the trained model keeps its float32 weights (the copy costs the decoder's memory
-    again at ``dtype``, for the duration of a decode)."""
-    if dtype is None or llm.get_input_embeddings().weight.dtype == dtype:
+def resolve_decode_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """"fp32" or "bf16" (the decoder layers' linear products) for greedy decoding on ``device``. "auto" is
+    bf16 on a CPU whose oneDNN multiplies bf16 natively (AVX512-BF16 or AMX: the case measured above), fp32
+    elsewhere: emulated bf16 is slower than fp32, and a GPU decodes in the model's own dtype."""
+    from speechllm_redundancy.encoders import native_bf16, onednn_bf16
+
+    if precision not in DECODE_PRECISIONS:
+        raise UserError(f"decode precision {precision!r}: use one of {', '.join(DECODE_PRECISIONS)}.")
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cpu" and native_bf16() and onednn_bf16() else "fp32"
+
+
+class Bf16Products(nn.Module):
+    """A linear layer that multiplies in bf16 (its weight cast, and packed for oneDNN, once) and hands its
+    result back in the input's dtype, so the residual stream it adds to stays float32."""
+
+    def __init__(self, linear: nn.Linear):
+        from speechllm_redundancy.encoders import Bf16Linear
+
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.product = Bf16Linear(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.product(x.to(torch.bfloat16)).to(x.dtype)
+
+
+def bf16_products(llm: nn.Module) -> nn.Module:
+    """A decoding copy of ``llm`` whose decoder layers' linear products run in bf16 (``Bf16Products``),
+    LoRA adapters merged into them first; embeddings, norms, attention and the LM head are untouched. For
+    inference only: the copy has no gradients to give, and ``llm`` is left as it was."""
+    twin = copy.deepcopy(llm)
+    if hasattr(twin, "merge_and_unload") and getattr(twin, "peft_config", None):
+        twin = twin.merge_and_unload()
+    for layer in decoder_layers(twin):
+        for parent in list(layer.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, Bf16Products(child))
+    return twin.eval().requires_grad_(False)
+
+
+_TWINS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _weights_state(llm: nn.Module) -> tuple:
+    """What a decoding copy of ``llm`` depends on: which tensors its parameters are and how often each was
+    changed in place (an optimiser step, ``load_state_dict``, a LoRA merge bump ``_version``)."""
+    return tuple((id(p), p._version) for p in llm.parameters())
+
+
+def decoding_model(llm: nn.Module, precision: str) -> nn.Module:
+    """``llm`` as greedy decoding runs it at ``precision`` (resolved: "fp32" or "bf16"): ``llm`` itself in
+    fp32; in bf16 its ``bf16_products`` copy, built once for the current state of its weights and kept while
+    ``llm`` lives (the evaluation sets of a pruning point share it; a healing step makes it stale)."""
+    if precision == "fp32":
         return llm
-    return copy.deepcopy(llm).to(dtype)
+    if precision != "bf16":
+        raise UserError(f"decode precision {precision!r}: resolve it first (resolve_decode_precision).")
+    state = _weights_state(llm)
+    kept = _TWINS.get(llm)
+    if kept is None or kept[0] != state:
+        kept = (state, bf16_products(llm))
+        _TWINS[llm] = kept
+    return kept[1]
 
 
 @functools.cache  # one class, built on first use (transformers imports slowly)
@@ -222,7 +287,7 @@ def greedy(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_n
     this many tokens (its next-best token is taken instead; Hugging Face's ``min_new_tokens``).
 
     ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L) must be left-padded (real tokens last); they
-    are fed in the decoder's dtype (``decoder_in``). ``width``: at most this many rows decode at once, the
+    are cast to the dtype of the decoder's embeddings. ``width``: at most this many rows decode at once, the
     next (in the given order) joining as rows end (None: all B).
     """
     inputs_embeds = inputs_embeds.to(llm.get_input_embeddings().weight.dtype)

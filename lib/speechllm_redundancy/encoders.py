@@ -69,7 +69,7 @@ def resolve_model(name: str) -> str:
     return resolve(name)
 
 
-def _onednn_bf16() -> bool:
+def onednn_bf16() -> bool:
     """Whether oneDNN runs bf16 products here (and torch exposes its packed-weight linear)."""
     ops = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
@@ -84,7 +84,7 @@ class Bf16Linear:
         weight = weight.detach().to(torch.bfloat16)
         self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
         self.gelu = gelu
-        self.packed = weight.device.type == "cpu" and _onednn_bf16()
+        self.packed = weight.device.type == "cpu" and onednn_bf16()
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight) if self.packed else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -189,7 +189,7 @@ def score(task: str, refs: Sequence[str], hyps: Sequence[str]) -> tuple[str, flo
 
 
 def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = None, batch_size: int | None = None,
-                  max_new_tokens: int = 200, progress: bool = True) -> dict:
+                  max_new_tokens: int = 200, progress: bool = True, precision: str = "auto") -> dict:
     """Greedy-decode a manifest with a SlamModel (features from the shared cache) and score it.
 
     Returns dict(metric, score, chrf (AST only), ids, refs, hyps, seconds, utterances); ``limit`` keeps
@@ -198,7 +198,7 @@ def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = N
     the utterances encoded (first use of a manifest) and decoded. Under ``accelerate launch``
     each process decodes a share of the utterances on its own device (the model moves there) and every
     process returns all of them, in the manifest's order (``distributed.map_in_order``; a row's output
-    does not depend on its batch).
+    does not depend on its batch). ``precision``: of the decoder's products (``SlamModel.generate``).
     """
     import time
 
@@ -218,7 +218,7 @@ def evaluate_slam(model, manifest_path, task: str = "asr", limit: int | None = N
 
     def decode(share):  # each process loads the features of its share only
         return model.generate([store[u.id] for u in share], task, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=progress, precision=precision)
 
     hyps = map_in_order(decode, utts, cost=lambda u: u.duration)
     metric, value = score(task, refs, hyps)

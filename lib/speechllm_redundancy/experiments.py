@@ -48,6 +48,7 @@ class Settings:
     ast_train_limit: int | None = 2048  # per translation direction
     eval_limit: int | None = 100  # utterances decoded per evaluation set and pruning point
     max_new_tokens: int | None = None  # None: the decoder's default cap
+    decode_precision: str = "auto"  # of the decoder's products while decoding (decoding.resolve_decode_precision)
     path_samples: int = PATH_SAMPLES  # utterances whose angles give a model's pruning path
     path_split: str | None = None  # where they come from (None: see Study.path_split)
     healing_steps: int = HEALING_STEPS  # steps of each healing run
@@ -266,7 +267,7 @@ class Study:
     def _walk(self, run: SlamRun, path, sizes, strategy, sets) -> pd.DataFrame:
         s = self.settings
         evaluate = sweep.manifest_evaluator(self.manifests, run.task, limit=s.eval_limit,
-                                            max_new_tokens=s.max_new_tokens)
+                                            max_new_tokens=s.max_new_tokens, precision=s.decode_precision)
         healing = {} if strategy == "none" else {"heal_data": run.data, "heal_config": self.heal_config()}
         return sweep.walk_path(run.model, path, sizes, list(sets) if sets is not None else self.eval_sets(run.task),
                                evaluate, self.walk_dir(run), strategy=strategy,

@@ -529,7 +529,8 @@ class SlamModel(nn.Module):
     @torch.inference_mode()
     def generate(self, features: Sequence[torch.Tensor], task: str | Sequence[str] = "asr",
                  max_new_tokens: int = 200, batch_size: int = DECODE_WIDTH, tokens_per_frame: float | None = None,
-                 min_tokens_per_segment: float | None = None, progress: bool = False) -> list[str]:
+                 min_tokens_per_segment: float | None = None, progress: bool = False,
+                 precision: str = "auto") -> list[str]:
         """Greedy transcripts/translations. Each output is capped at ``max_new_tokens`` and at
         CAP_SLACK + ``tokens_per_frame`` × the speech positions the LLM reads (projected frames, or CTC
         segments under compression: about one per spoken token), so a babbling model stops early; None
@@ -538,10 +539,14 @@ class SlamModel(nn.Module):
         frozen decoder does not drop the words after a garbled stretch; without compression there is no floor
         (projected frames say little of the output's length).
         Utterances are sorted by length and decoded ``batch_size`` at a time, the next joining as one ends;
-        apart per set of stop tokens (results do not depend on batching)."""
+        apart per set of stop tokens (results do not depend on batching). ``precision``: of the decoder
+        layers' products, "auto" (bf16 on a CPU that multiplies it natively), "bf16" or "fp32"
+        (``decoding.resolve_decode_precision``; the trained weights stay float32 either way)."""
         from tqdm.auto import tqdm
 
-        from speechllm_redundancy.decoding import greedy
+        from speechllm_redundancy.decoding import decoding_model, greedy, resolve_decode_precision
+
+        llm = decoding_model(self.llm, resolve_decode_precision(precision, self.device))
 
         prompts = [task] * len(features) if isinstance(task, str) else list(task)
         # a batch holds rows with one set of stop tokens (tasks may stop at different strings)
@@ -562,7 +567,7 @@ class SlamModel(nn.Module):
                             for p, n in zip(row_prompts, batch["speech_lengths"])]
                     floors = [min(cap, int(self._floor_ratio(p, min_tokens_per_segment) * n))
                               for p, n, cap in zip(row_prompts, batch["speech_lengths"], caps)]
-                    seqs = greedy(self.llm, batch["inputs_embeds"], batch["attention_mask"], caps,
+                    seqs = greedy(llm, batch["inputs_embeds"], batch["attention_mask"], caps,
                                   stop_ids=stops, pad_id=self.layout.pad_id, keep_stop=True, width=batch_size,
                                   min_new_tokens=floors)
                     for i, p, ids in zip(idx, row_prompts, seqs):

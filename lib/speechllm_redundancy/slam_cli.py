@@ -15,6 +15,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from speechllm_redundancy.decoding import DECODE_PRECISIONS
 from speechllm_redundancy.distributed import is_main_process
 from speechllm_redundancy.errors import UserError
 
@@ -158,6 +159,9 @@ def register(subparsers) -> None:
     ev.add_argument("--limit", type=int, default=None, help="only the first N utterances")
     ev.add_argument("--batch-size", type=whole_number(1), help="utterances decoded at once (default: "
                                                                 "slam.DECODE_WIDTH, 64)")
+    ev.add_argument("--precision", default="auto", choices=DECODE_PRECISIONS,
+                    help="the decoder's products while decoding: auto (bf16 on a CPU that multiplies it natively, "
+                         "else fp32), bf16 or fp32")
     ev.add_argument("--hyps", help="write id/ref/hyp JSON Lines here (must not exist)")
     ev.set_defaults(func=_evaluate)
 
@@ -288,7 +292,7 @@ def _evaluate(args) -> int:
         raise UserError(f"{args.hyps} exists: choose a new file for --hyps (it is never overwritten).")
     model = SlamModel.from_pretrained(_model_dir(args.model))
     res = evaluate_slam(model, args.manifest, args.task, limit=args.limit, batch_size=args.batch_size,
-                        progress=True)
+                        progress=True, precision=args.precision)
     if not is_main_process():  # every process holds the gathered result: the first one reports and writes it
         return 0
     extra = f", chrF {res['chrf']:.2f}" if "chrf" in res else ""

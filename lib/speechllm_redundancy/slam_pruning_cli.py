@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+from speechllm_redundancy.decoding import DECODE_PRECISIONS
 from speechllm_redundancy.distributed import is_main_process, main_process_first
 from speechllm_redundancy.errors import UserError
 from speechllm_redundancy.slam_cli import TASK_HELP, TASKS, _model_dir, add_train_flag, whole_number
@@ -69,6 +70,9 @@ def register(sub) -> None:
     walk.add_argument("--limit", type=whole_number(1), help="utterances decoded per set and level (default: all)")
     walk.add_argument("--max-new-tokens", type=whole_number(1), help="cap on each output's tokens (default: the "
                                                                "decoder's own)")
+    walk.add_argument("--precision", default="auto", choices=DECODE_PRECISIONS,
+                      help="the decoder's products while decoding: auto (bf16 on a CPU that multiplies it "
+                           "natively, else fp32), bf16 or fp32")
     walk.add_argument("--out", help="folder to write walk.csv and walk.json into (new, empty, or an earlier "
                                     "`slam walk` output; default: print only)")
     walk.set_defaults(func=_walk)
@@ -396,7 +400,7 @@ def _walk(args) -> int:
     healing = {} if strategies == ["none"] else {"heal_data": training_data(slam, args), "heal_config": config}
     encode_eval_sets(slam, sets, args.limit)
     evaluate = manifest_evaluator(sets, args.task, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                                  progress=is_main_process())
+                                  progress=is_main_process(), precision=args.precision)
     points_key = key_of(key, args.limit, args.max_new_tokens, {name: file_sha256(p) for name, p in sets.items()})
     walks = {s: walk_path(slam, path, sizes, list(sets), evaluate, walk_cache_dir(args.task, key), strategy=s,
                           key=points_key, model_key=key, progress=is_main_process(),

@@ -29,25 +29,41 @@ from speechllm_redundancy.slam import DECODING_RULE
 
 def manifest_evaluator(manifests: Mapping[str, str | os.PathLike], task: str = "asr",
                        limit: int | None = None, max_new_tokens: int | None = None,
-                       progress: bool = True) -> Callable:
+                       progress: bool = True, precision: str = "auto") -> Callable:
     """``evaluate(model, set_name) -> score`` by greedy decoding of a manifest (WER for ASR, BLEU for AST).
 
     ``limit`` decodes the first N utterances of each set; ``max_new_tokens`` caps every output (None: the
     decoder's default) — both bound the cost of a walk, so put them in the walk's ``key``. ``progress``
-    shows a bar over each set's utterances (decoding is most of a walk's time).
+    shows a bar over each set's utterances (decoding is most of a walk's time). ``precision``: of the
+    decoder's products (``SlamModel.generate``); ``evaluate.decoding_rule(model)`` names the rule and the
+    precision it resolves to for ``model``, which ``walk_path`` puts in each point's key.
     """
+    from speechllm_redundancy.decoding import resolve_decode_precision
     from speechllm_redundancy.evaluation import evaluate_slam
 
     if limit is not None and limit < 1 or max_new_tokens is not None and max_new_tokens < 1:
         raise UserError(f"limit={limit}, max_new_tokens={max_new_tokens}: use positive numbers (or None for all).")
+    resolve_decode_precision(precision)  # a bad name fails here, before any walk starts
     extra = {} if max_new_tokens is None else {"max_new_tokens": int(max_new_tokens)}
 
     def evaluate(model, name: str) -> float:
         if name not in manifests:
             raise UserError(f"no manifest for evaluation set {name!r}: use one of {', '.join(manifests)}.")
-        return evaluate_slam(model, manifests[name], task, limit=limit, progress=progress, **extra)["score"]
+        return evaluate_slam(model, manifests[name], task, limit=limit, progress=progress, precision=precision,
+                             **extra)["score"]
 
+    evaluate.decoding_rule = lambda model: decoding_rule(precision, model)
     return evaluate
+
+
+def decoding_rule(precision: str, model) -> str:
+    """``slam.DECODING_RULE`` and, where ``precision`` resolves to bf16 for ``model`` on the device it will
+    decode on, that its products are bf16 (fp32 keeps the rule, and the points, of before)."""
+    from speechllm_redundancy.decoding import resolve_decode_precision
+    from speechllm_redundancy.distributed import process_device
+
+    resolved = resolve_decode_precision(precision, process_device() or model.device)
+    return DECODING_RULE if resolved == "fp32" else f"{DECODING_RULE}; {resolved} products"
 
 
 def path_sizes(num_layers: int, fractions: Sequence[float] | None = None, max_fraction: float = 0.5) -> list[int]:
@@ -137,7 +153,8 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
     included), heal with ``strategy``, score every set with ``evaluate(model, set_name)``.
 
     ``key`` names the trained model and evaluation data (e.g. a run directory's key and the decoding
-    budget): it is part of every point's cache key. ``model_key`` names the trained model alone (default
+    budget): it is part of every point's cache key, with ``evaluate.decoding_rule(slam)`` where ``evaluate``
+    has one (``manifest_evaluator``'s: the decoding rule and precision; else ``slam.DECODING_RULE``). ``model_key`` names the trained model alone (default
     ``key``): the healing runs are keyed by it (``healing_dir``). A point where ``strategy`` trains nothing
     (``healing.trains_something``) is the unhealed model: it shares strategy none's point, scored once.
     Under ``accelerate launch`` every process walks: each heals a replica and decodes its share of every set,
@@ -153,6 +170,7 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         raise UserError(f"pruning sizes {bad} are not on the path (it covers n = {min(path)}…{max(path)} of a "
                         f"{num_layers}-layer decoder): pass sizes from the path.")
     out_dir = Path(out_dir)
+    rule = evaluate.decoding_rule(slam) if hasattr(evaluate, "decoding_rule") else DECODING_RULE
     rows = []
     for n in tqdm(sorted({0, *sizes}), desc=f"pruning path ({strategy})", disable=not progress):
         start = path.get(n, 0) if n else 0
@@ -163,7 +181,7 @@ def walk_path(slam, path: Mapping[int, int], sizes: Sequence[int], eval_sets: Se
         config = strategy_config(slam, strategy, heal_config) if healed else heal_config  # what the run trains with
         healing_keys = ((config.key(), getattr(heal_data, "fingerprint", None), HEALING_INIT) if healed
                         else (None,) * 2)
-        point_key = key_of(key, n, start, point_strategy, *healing_keys, list(eval_sets), DECODING_RULE)
+        point_key = key_of(key, n, start, point_strategy, *healing_keys, list(eval_sets), rule)
 
         def compute(n=n, start=start, point_strategy=point_strategy, config=config):
             model = slam
