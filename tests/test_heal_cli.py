@@ -145,14 +145,18 @@ def test_walk_writes_every_level_and_walking_again_is_served_from_the_cache(tiny
      "'0' is not a fraction strictly between 0 and 1"),
     ("heal", ["--start", "1", "--size", "0"], "'0': give a whole number >= 1"),
     ("walk", ["--path-manifest", "m.jsonl", "--eval", "m.jsonl", "--grad-accum", "0"], "'0': give a whole number >= 1"),
+    ("walk", ["--path-manifest", "m.jsonl", "--eval", "m.jsonl", "--precision", "half"], "invalid choice: 'half'"),
+    ("evaluate", ["--manifest", "m.jsonl", "--precision", "fp16"], "invalid choice: 'fp16'"),
 ])
 def test_bad_flags_are_refused_naming_the_flag_and_what_it_takes(tiny, tmp_path, capsys, command, args, message):
+    out = ["--out", str(tmp_path / "out")] if command != "evaluate" else []
     with pytest.raises(SystemExit) as exit_:
-        main(["slam", command, "--model", tiny["model"], "--out", str(tmp_path / "out"), *args])
+        main(["slam", command, "--model", tiny["model"], *out, *args])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err
     if "choice" in message:  # and the choices
-        assert all(f"'{s}'" in err for s in ("none", "decoder", "projector", "both"))
+        choices = ("none", "decoder", "projector", "both") if "--strategy" in args else ("auto", "fp32", "bf16")
+        assert all(f"'{s}'" in err for s in choices)
 
 
 def test_the_healing_flags_are_slam_trains_own_with_its_help_and_checks(capsys):
@@ -201,3 +205,21 @@ def test_walk_refuses_unnamed_or_missing_evaluation_sets(tiny, tmp_path, capsys)
     assert "names set 'train' twice" in capsys.readouterr().err
     assert main([*base, "--eval", str(tmp_path / "nothing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, precision", [([], "auto"), (["--precision", "fp32"], "fp32"),
+                                              (["--precision", "bf16"], "bf16")])
+def test_evaluate_and_walk_decode_at_the_precision_asked_for(tiny, tmp_path, monkeypatch, flags, precision):
+    """`--precision` reaches the decoder in `slam evaluate` and in every set `slam walk` decodes."""
+    from speechllm_redundancy import evaluation
+
+    seen = []
+
+    def record(*args, precision="auto", **kwargs):
+        seen.append(precision)
+        return {"metric": "wer", "score": 50.0, "utterances": 6, "seconds": 0.1, "ids": [], "refs": [], "hyps": []}
+
+    monkeypatch.setattr(evaluation, "evaluate_slam", record)
+    assert main(["slam", "evaluate", "--model", tiny["model"], "--manifest", tiny["manifest"], *flags]) == 0
+    assert main([*walk_args(tiny, tmp_path / "walk"), *flags]) == 0
+    assert len(seen) > 2 and set(seen) == {precision}
