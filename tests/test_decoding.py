@@ -396,6 +396,33 @@ def test_the_bf16_decoder_is_built_once_per_state_of_the_weights():
         decoding_model(model.llm, "auto")
 
 
+def test_one_bf16_decoder_is_kept_at_a_time_and_built_without_copying_the_linear_weights(monkeypatch):
+    """Decoding another model drops the first one's copy (a 1.5B decoder and its pruned copies hold one
+    bf16 copy between them), and the copy is built without duplicating the float32 weights it replaces."""
+    import gc
+    import weakref
+
+    first, second = make(), make_with(prompt_vectors=0)
+    kept_first = decoding_model(first.llm, "bf16")
+    assert decoding_model(first.llm, "bf16") is kept_first
+    kept_second = decoding_model(second.llm, "bf16")
+    again = decoding_model(first.llm, "bf16")
+    assert again is not kept_first  # the second model's copy replaced it, so it is built anew
+    gone = [weakref.ref(kept_first), weakref.ref(kept_second)]
+    del kept_first, kept_second
+    gc.collect()
+    assert [r() for r in gone] == [None, None]  # nothing holds the dropped copies
+
+    copied, real = [], torch.nn.Parameter.__deepcopy__
+    monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__",
+                        lambda self, memo: copied.append(id(self)) or real(self, memo))
+    from speechllm_redundancy.decoding import bf16_products
+
+    bf16_products(second.llm)
+    linear = {id(m.weight) for m in second.llm.model.layers.modules() if isinstance(m, torch.nn.Linear)}
+    assert linear and copied and not linear & set(copied)  # norms and embeddings copied, linear weights not
+
+
 def test_the_bf16_decoder_merges_lora_adapters_first():
     """A LoRA-adapted decoder's bf16 copy decodes what its adapters say: its logits follow the adapted
     model's, not the base model's."""

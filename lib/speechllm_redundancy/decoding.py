@@ -60,33 +60,52 @@ class Bf16Products(nn.Module):
     """A linear layer that multiplies in bf16 (its weight cast, and packed for oneDNN, once) and hands its
     result back in the input's dtype, so the residual stream it adds to stays float32."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         from speechllm_redundancy.encoders import Bf16Linear
 
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.product = Bf16Linear(linear.weight, linear.bias)
+        self.out_features, self.in_features = weight.shape
+        self.product = Bf16Linear(weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.product(x.to(torch.bfloat16)).to(x.dtype)
 
 
+def _merged_weight(lora_layer) -> torch.Tensor:
+    """A peft LoRA layer's weight with its active adapters added (what its forward computes, without dropout)."""
+    weight = lora_layer.base_layer.weight.detach()
+    if lora_layer.merged or lora_layer.disable_adapters:
+        return weight
+    return weight + sum(lora_layer.get_delta_weight(a) for a in lora_layer.active_adapters if a in lora_layer.lora_A)
+
+
+def _products(module: nn.Module, made: dict) -> None:
+    """``made[id(m)]`` = the ``Bf16Products`` standing in for each linear layer ``m`` under ``module`` (a peft
+    LoRA layer as one, its adapters merged)."""
+    for child in module.children():
+        if hasattr(child, "base_layer") and hasattr(child, "get_delta_weight"):
+            made[id(child)] = Bf16Products(_merged_weight(child), child.base_layer.bias)
+        elif isinstance(child, nn.Linear):
+            made[id(child)] = Bf16Products(child.weight.detach(), child.bias)
+        else:
+            _products(child, made)
+
+
+@torch.no_grad()
 def bf16_products(llm: nn.Module) -> nn.Module:
-    """A decoding copy of ``llm`` whose decoder layers' linear products run in bf16 (``Bf16Products``),
-    LoRA adapters merged into them first; embeddings, norms, attention and the LM head are untouched. For
-    inference only: the copy has no gradients to give, and ``llm`` is left as it was."""
-    twin = copy.deepcopy(llm)
-    if hasattr(twin, "merge_and_unload") and getattr(twin, "peft_config", None):
-        twin = twin.merge_and_unload()
-    for layer in decoder_layers(twin):
-        for parent in list(layer.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Bf16Products(child))
+    """A decoding copy of ``llm`` whose decoder layers' linear products run in bf16 (``Bf16Products``; a LoRA
+    layer's adapters merged into its product), while embeddings, norms, attention and the LM head are copies
+    of ``llm``'s. The linear layers are replaced *while* copying, so their float32 weights are never copied:
+    building it costs half the decoder layers' float32 size on top of the model. For inference only; ``llm``
+    is left as it was."""
+    made: dict = {}
+    for layer in decoder_layers(llm):
+        _products(layer, made)
+    twin = copy.deepcopy(llm, memo=dict(made))  # deepcopy hands back the replacement of each memoised module
     return twin.eval().requires_grad_(False)
 
 
-_TWINS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_KEPT: dict = {}  # the one decoding copy kept: {"entry": (weakref to its model, weights state, copy)}
 
 
 def _weights_state(llm: nn.Module) -> tuple:
@@ -97,18 +116,21 @@ def _weights_state(llm: nn.Module) -> tuple:
 
 def decoding_model(llm: nn.Module, precision: str) -> nn.Module:
     """``llm`` as greedy decoding runs it at ``precision`` (resolved: "fp32" or "bf16"): ``llm`` itself in
-    fp32; in bf16 its ``bf16_products`` copy, built once for the current state of its weights and kept while
-    ``llm`` lives (the evaluation sets of a pruning point share it; a healing step makes it stale)."""
+    fp32; in bf16 its ``bf16_products`` copy, built once for the current state of its weights. One copy is
+    kept at a time (the evaluation sets of a pruning point share it), so decoding a 1.5B model and its pruned
+    copies holds one bf16 copy, not one per model; a healing step or another model makes it stale."""
     if precision == "fp32":
         return llm
     if precision != "bf16":
         raise UserError(f"decode precision {precision!r}: resolve it first (resolve_decode_precision).")
     state = _weights_state(llm)
-    kept = _TWINS.get(llm)
-    if kept is None or kept[0] != state:
-        kept = (state, bf16_products(llm))
-        _TWINS[llm] = kept
-    return kept[1]
+    kept = _KEPT.get("entry")
+    if kept is not None and kept[0]() is llm and kept[1] == state:
+        return kept[2]
+    _KEPT.clear()  # the previous copy goes before the next one is built
+    twin = bf16_products(llm)
+    _KEPT["entry"] = (weakref.ref(llm), state, twin)
+    return twin
 
 
 @functools.cache  # one class, built on first use (transformers imports slowly)
