@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from speechllm_redundancy.decoding import decoding_model, greedy, resolve_decode_precision
+from speechllm_redundancy.decoding import DECODE_PRECISIONS, decoding_model, greedy, resolve_decode_precision
 from speechllm_redundancy.slam import CAP_SLACK, DECODE_CHUNK, DECODE_WIDTH, SlamConfig, SlamModel
 
 DECODERS = ("project", "full-width", "no-cache", "generate")  # the two batched ones back to back
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the project decoder's batch (default {DECODE_WIDTH}: SlamModel.generate's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (the test)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=DECODE_PRECISIONS,
                         help="the decoders' products (decoding.resolve_decode_precision; default auto: bf16 on "
                              "a CPU that multiplies it natively); at bf16 the fp32 variant is timed beside")
     return parser
