@@ -412,6 +412,10 @@ def test_one_bf16_decoder_is_kept_at_a_time_and_built_without_copying_the_linear
     del kept_first, kept_second
     gc.collect()
     assert [r() for r in gone] == [None, None]  # nothing holds the dropped copies
+    last = weakref.ref(again)
+    del again, first
+    gc.collect()
+    assert last() is None  # nor the kept one, once its model is freed (before the next point heals)
 
     copied, real = [], torch.nn.Parameter.__deepcopy__
     monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__",

@@ -130,7 +130,15 @@ def decoding_model(llm: nn.Module, precision: str) -> nn.Module:
     _KEPT.clear()  # the previous copy goes before the next one is built
     twin = bf16_products(llm)
     _KEPT["entry"] = (weakref.ref(llm), state, twin)
+    weakref.finalize(llm, _forget, id(twin))  # a walk point's model dies before the next point heals
     return twin
+
+
+def _forget(twin_id: int) -> None:
+    """Drop the kept copy if it is still the one made for a model that has just been freed."""
+    kept = _KEPT.get("entry")
+    if kept is not None and id(kept[2]) == twin_id:
+        _KEPT.clear()
 
 
 @functools.cache  # one class, built on first use (transformers imports slowly)
