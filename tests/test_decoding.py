@@ -437,13 +437,18 @@ def test_the_bf16_decoder_merges_lora_adapters_first():
     batch = model.embed_batch(feats(9, 40), "asr", padding_side="left")
     twin = decoding_model(model.llm, "bf16")
     assert not any("lora" in n for n, _ in twin.named_parameters())
+    with model.llm.disable_adapter():  # no tensor changes, but the decoder it decodes does
+        unadapted = decoding_model(model.llm, "bf16")
+    assert unadapted is not twin and decoding_model(model.llm, "bf16") is not unadapted
     real = batch["attention_mask"].bool()
     with torch.inference_mode():
         adapted = model.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
         with model.llm.disable_adapter():
             base = model.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
         low = twin(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+        low_base = unadapted(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
     assert (low - adapted)[real].norm() < 0.25 * (base - adapted)[real].norm()
+    assert (low_base - base)[real].norm() < 0.25 * (base - adapted)[real].norm()
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_that_multiplies_it_natively(monkeypatch):

@@ -110,8 +110,11 @@ _KEPT: dict = {}  # the one decoding copy kept: {"entry": (weakref to its model,
 
 def _weights_state(llm: nn.Module) -> tuple:
     """What a decoding copy of ``llm`` depends on: which tensors its parameters are and how often each was
-    changed in place (an optimiser step, ``load_state_dict``, a LoRA merge bump ``_version``)."""
-    return tuple((id(p), p._version) for p in llm.parameters())
+    changed in place (an optimiser step, ``load_state_dict``, a LoRA merge bump ``_version``), and which
+    LoRA adapters are on (peft's ``disable_adapter`` changes no tensor)."""
+    adapters = tuple((m.merged, m.disable_adapters, tuple(m.active_adapters)) for m in llm.modules()
+                     if hasattr(m, "get_delta_weight"))
+    return tuple((id(p), p._version) for p in llm.parameters()), adapters
 
 
 def decoding_model(llm: nn.Module, precision: str) -> nn.Module:
